@@ -57,10 +57,14 @@ class DataConfig:
 
 @dataclass
 class DegradeConfig:
-    severity: str = "moderate"  # mild | moderate | heavy
+    # mild | moderate | heavy | mixed (drawn per operator, so prompts' severity words carry information)
+    severity: str = "mixed"
     clean_prob: float = 0.1
     count_weights: list[float] = field(default_factory=lambda: [0.5, 0.3, 0.2])  # P(1), P(2), P(3) operators
     operators: dict[str, float] = field(default_factory=dict)  # name -> sampling weight; empty: all, equal
+    # per-operator parameter overrides, e.g. {jpeg: {quality: [10, 30]}, haze: {beta: 1.5}}; checked against
+    # each operator's valid range (mmaif_pl/data/degrade.py)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass

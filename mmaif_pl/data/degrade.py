@@ -344,9 +344,10 @@ OPERATOR_NAMES = tuple(OPERATORS)
 # ----------------------------------------------------------------------------------------------------
 
 
-def check_operator(name: str, where: str = "operator") -> OperatorSpec:
+def check_operator(name: str, where: str = "") -> OperatorSpec:
     if name not in OPERATORS:
-        raise ConfigError(f"unknown degradation {where} '{name}'; valid: {', '.join(OPERATOR_NAMES)}")
+        where = f" {where}" if where else ""
+        raise ConfigError(f"unknown degradation '{name}'{where}; valid: {', '.join(OPERATOR_NAMES)}")
     return OPERATORS[name]
 
 
