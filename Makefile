@@ -22,8 +22,10 @@ setup: $(STAMP)  ## create .venv and install the project (editable) with its tes
 test: $(STAMP)  ## run the test suite (CPU, minutes)
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
 
-data: $(STAMP)  ## build the embedded default dataset into data/ when it is missing
-	@if [ -d data ]; then echo "data/ exists (remove it to rebuild)"; else $(BIN)/mmaif data build --out data; fi
+data: $(STAMP)  ## build the embedded default dataset into data/ when it is missing (and cache it in DVC)
+	@if [ -d data ]; then echo "data/ exists (remove it to rebuild)"; else \
+	  $(BIN)/mmaif data build --out data && $(BIN)/dvc commit -q -f data.dvc && \
+	  { git diff --quiet -- data.dvc 2>/dev/null || { echo "error: the built data differs from the committed data.dvc"; exit 1; }; }; fi
 
 clean:  ## remove caches (not data, runs or .venv)
 	rm -rf .pytest_cache build *.egg-info
