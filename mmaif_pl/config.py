@@ -51,8 +51,15 @@ class DataConfig:
     batch_size: int = 8
     num_workers: int = 0
     samples_per_epoch: int = 512
-    val_fraction: float = 0.0  # 0: validate on the prepared split
+    val_fraction: float = 0.0  # 0: validate on the prepared split; > 0: on this fraction of samples_per_epoch, drawn on the fly
     seed: int = 0
+    cache_mb: float = 256  # per loader worker: decoded clean pairs (and teacher targets) kept in memory
+    # `mmaif data prepare` (frozen val/test splits)
+    eval_crop: int = 256  # centre crop of eval images to at most this side (0: whole image); sides floored to the model multiple
+    val_samples: int = 8  # per task, drawn with the training policy from the root's val (else train) pairs
+    test_per_operator: int = 2  # per task, operator and severity (mild, heavy): single-degradation test samples
+    test_combos: int = 4  # per task, count (2, 3) and severity (mild, heavy): multi-degradation test samples
+    test_clean: int = 2  # per task: undegraded test samples
 
 
 @dataclass
