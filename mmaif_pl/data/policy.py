@@ -53,6 +53,20 @@ def check_task(task: str) -> str:
     return task
 
 
+def draw_names(pool: Sequence[str], n: int, rng: np.random.Generator,
+               weights: Optional[Sequence[float]] = None) -> list[str]:
+    """Up to `n` distinct, mutually compatible operators from `pool` (weighted), in apply order."""
+    weight = dict(zip(pool, weights if weights is not None else [1.0] * len(pool)))
+    chosen: list[str] = []
+    while len(chosen) < n:
+        options = [o for o in pool if o not in chosen and not contradicts(o, chosen) and weight[o] > 0]
+        if not options:
+            break
+        w = np.array([weight[o] for o in options], dtype=float)
+        chosen.append(options[int(rng.choice(len(options), p=w / w.sum()))])
+    return sorted(chosen, key=APPLY_ORDER.index)
+
+
 @dataclass
 class DegradePolicy:
     severity: str = MIXED
@@ -108,14 +122,7 @@ class DegradePolicy:
             return []
         p = np.asarray(self.count_weights) / sum(self.count_weights)
         n = int(rng.choice(len(p), p=p)) + 1
-        chosen: list[str] = []
-        while len(chosen) < n:
-            options = [o for o in pool if o not in chosen and not contradicts(o, chosen)]
-            if not options:
-                break
-            w = np.array([self.weight(o) for o in options])
-            chosen.append(options[int(rng.choice(len(options), p=w / w.sum()))])
-        return sorted(chosen, key=APPLY_ORDER.index)
+        return draw_names(pool, n, rng, [self.weight(o) for o in pool])
 
     def records_for(self, task: str, names: Sequence[str], rng: np.random.Generator,
                     severity: Optional[str] = None) -> list[dict]:
