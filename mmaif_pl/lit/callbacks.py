@@ -1,0 +1,74 @@
+"""Training helpers: the denoiser-only EMA update, image grids for TensorBoard, a metrics JSON writer."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn as nn
+
+from ..config import atomic_write_text
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, over parameters (buffers are copied). DiT's `update_ema`."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach().to(e.dtype), 1 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def ema_decay(step: int, decay: float) -> float:
+    """Warm-up (1 + n) / (10 + n) so short runs are not dominated by the random initial weights."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+def image_grid(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Columns of equally sized 3xHxW images per row -> one 3 x (rows*H) x (cols*W) image, 2-px white gutters."""
+    pad = 2
+    tiles = [[torch.nn.functional.pad(im.clamp(0, 1), (pad, pad, pad, pad), value=1.0) for im in r] for r in rows]
+    return torch.cat([torch.cat(r, dim=2) for r in tiles], dim=1)
+
+
+class ImageGridLogger(L.Callback):
+    """At each validation, log [a | b | fused | target] for the first `max_images` samples of the first
+    validation batch (the same samples every time and for every variant) and their prompts."""
+
+    def __init__(self, max_images: int = 4):
+        self.max_images = max_images
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx != 0 or trainer.sanity_checking or not isinstance(outputs, dict) or "fused" not in outputs:
+            return
+        logger = trainer.logger
+        if logger is None or not hasattr(logger.experiment, "add_image"):
+            return
+        n = min(self.max_images, outputs["fused"].shape[0])
+        rows = []
+        for i in range(n):
+            row = [batch["a"][i], batch["b"][i], outputs["fused"][i]]
+            if batch.get("target") is not None:
+                row.append(batch["target"][i])
+            rows.append([im.float().cpu() for im in row])
+        step = trainer.global_step
+        logger.experiment.add_image("val/a_b_fused_target", image_grid(rows), step)
+        prompts = "\n\n".join(f"{i}: [{batch['task'][i]}] {batch['prompt'][i]}" for i in range(n))
+        logger.experiment.add_text("val/prompts", prompts, step)
+
+
+class MetricsJSON(L.Callback):
+    """Write the latest `val/*` metrics (and the step) to a JSON file after each validation (atomic)."""
+
+    def __init__(self, path: str | Path, prefix: str = "val/"):
+        self.path, self.prefix = Path(path), prefix
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = {k[len(self.prefix):]: float(v) for k, v in trainer.callback_metrics.items()
+                   if k.startswith(self.prefix) and math.isfinite(float(v))}
+        metrics["step"] = trainer.global_step
+        atomic_write_text(self.path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,174 @@
+"""`mmaif train-codec` and `mmaif train`."""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+from ..config import ConfigError, atomic_write_text, config_hash, load, save_resolved
+from ..errors import UserError
+
+TRAIN_CODEC_EXAMPLE = """example:
+  mmaif train-codec -c experiments/codec.yaml codec.path=runs/codec
+  mmaif train-codec -c experiments/codec_gpu.yaml codec.steps=20000"""
+
+TRAIN_EXAMPLE = """example:
+  mmaif train -c experiments/base.yaml train.variant=flow train.name=flow train.max_steps=200
+  mmaif train -c experiments/base.yaml --resume            # continue runs/<name>/checkpoints/last.ckpt"""
+
+
+def register(subparsers) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser("train-codec", help="fit / train the latent codec and measure its latent statistics",
+                              description="Fit the linear codec or train a learned one on the training images, "
+                                          "store it with its latent statistics in a folder, and write its "
+                                          "reconstruction PSNR on the validation split.",
+                              epilog=TRAIN_CODEC_EXAMPLE, formatter_class=fmt)
+    p.add_argument("-c", "--config", action="append", default=[], help="YAML config (repeatable, merged in order)")
+    p.add_argument("--out", help="codec folder (default: codec.path, else <train.out_dir>/codec)")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p.set_defaults(func=cmd_train_codec)
+
+    p = subparsers.add_parser("train", help="train a fusion model (regression or flow)",
+                              description="Train FusionDiT on the DataModule's batches with Lightning; "
+                                          "TensorBoard logs, checkpoints and metrics go to <train.out_dir>/<train.name>.",
+                              epilog=TRAIN_EXAMPLE, formatter_class=fmt)
+    p.add_argument("-c", "--config", action="append", default=[], help="YAML config (repeatable, merged in order)")
+    p.add_argument("--resume", nargs="?", const="last", metavar="CKPT",
+                   help="resume from CKPT (default: the run's last.ckpt); refused if its config differs")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p.set_defaults(func=cmd_train)
+
+
+def _datamodule(cfg):
+    try:
+        from ..data.datamodule import FusionDataModule
+    except ImportError as exc:
+        raise UserError(f"the data pipeline is not available: {exc}") from None
+    return FusionDataModule(cfg)
+
+
+def _precision(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def _codec_loaders(cfg):
+    """Fresh train / val iterables of fusion batches, at the codec stage's batch size and crop."""
+    ccfg = copy.deepcopy(cfg)
+    ccfg.data.batch_size, ccfg.data.crop = cfg.codec.batch_size, cfg.codec.crop
+    dm = _datamodule(ccfg)
+    dm.setup("fit")
+    return dm.train_dataloader, dm.val_dataloader
+
+
+def cmd_train_codec(args) -> int:
+    from ..models.codec import LatentCodec
+    from .codec import evaluate_codec, fit_codec
+
+    cfg = load(args.config, args.overrides)
+    out = Path(args.out or cfg.codec.path or Path(cfg.train.out_dir) / "codec")
+    train_loader, val_loader = _codec_loaders(cfg)
+    codec = LatentCodec.from_config(cfg.codec)
+    info = fit_codec(codec, cfg.codec, train_loader, {"accelerator": cfg.train.accelerator})
+    codec.save(out)
+    metrics = {"psnr": round(evaluate_codec(codec, val_loader()), 3),
+               "psnr_train": round(evaluate_codec(codec, train_loader(), 8), 3), **info, **codec.describe()}
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    print(f"codec {codec.kind} f{codec.factor}x{codec.channels}: val PSNR {metrics['psnr']:.2f} dB "
+          f"(train {metrics['psnr_train']:.2f}) in {info['seconds']:.0f}s -> {out} (metrics.json)")
+    return 0
+
+
+def _check_resume(ckpt_path: Path, digest: str) -> None:
+    from .fusion import read_checkpoint
+
+    meta = read_checkpoint(ckpt_path)["mmaif"]
+    if meta.get("config_hash") != digest:
+        raise ConfigError(f"{ckpt_path} was made under config hash {meta.get('config_hash')}, this run's is {digest}; "
+                          f"refusing to resume (change train.name for a new run, or restore the old config)")
+
+
+def prepare_codec(cfg, run_dir: Path, train_loader=None):
+    """The run's codec: loaded from codec.path, or (linear kind only) fitted now into <run>/codec."""
+    from ..models.codec import LatentCodec
+    from .codec import fit_codec
+
+    if cfg.codec.path:
+        codec = LatentCodec.load(cfg.codec.path)
+        if (codec.factor, codec.channels) != (cfg.codec.factor, cfg.codec.channels) and cfg.codec.kind != "pretrained":
+            raise ConfigError(f"codec folder {cfg.codec.path} is f{codec.factor}x{codec.channels}, the config says "
+                              f"codec.factor={cfg.codec.factor} codec.channels={cfg.codec.channels}")
+        return codec
+    if cfg.codec.kind != "linear":
+        raise ConfigError(f"codec.kind={cfg.codec.kind} needs codec.path: run `mmaif train-codec` first")
+    folder = run_dir / "codec"
+    if (folder / "codec.json").is_file():
+        codec = LatentCodec.load(folder)
+    else:
+        if train_loader is None:
+            train_loader = _codec_loaders(cfg)[0]
+        codec = LatentCodec.from_config(cfg.codec)
+        fit_codec(codec, cfg.codec, train_loader)
+        codec.save(folder)
+    cfg.codec.path = str(folder)
+    return codec
+
+
+def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs=None, log=print):
+    """Train per `cfg`; returns (module, trainer, run_dir). `datamodule` and `trainer_kwargs` are for tests."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from ..models.text import TextEncoder
+    from .callbacks import ImageGridLogger, MetricsJSON
+    from .fusion import build_module
+
+    tc = cfg.train
+    run_dir = Path(tc.out_dir) / tc.name
+    dm = datamodule if datamodule is not None else _datamodule(cfg)
+    train_loader = None
+    if datamodule is not None:
+        datamodule.setup("fit")
+        train_loader = datamodule.train_dataloader
+    codec = prepare_codec(cfg, run_dir, train_loader)
+    digest = config_hash(cfg)
+    ckpt_path = None
+    if resume:
+        ckpt_path = run_dir / "checkpoints" / "last.ckpt" if resume == "last" else Path(resume)
+        _check_resume(ckpt_path, digest)
+    save_resolved(cfg, run_dir)
+
+    L.seed_everything(tc.seed, workers=True, verbose=False)
+    text = TextEncoder(cfg.text.encoder, cfg.text.max_length, cfg.text.normalize)
+    module = build_module(cfg, codec, text)
+    logger = TensorBoardLogger(save_dir=tc.out_dir, name=tc.name, version="", default_hp_metric=False)
+    ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
+                              every_n_train_steps=tc.val_every, save_last=True, save_top_k=1)
+    kwargs = dict(max_steps=tc.max_steps, precision=_precision(tc.precision), accelerator=tc.accelerator,
+                  devices=tc.devices, strategy=tc.strategy, num_nodes=tc.num_nodes, gradient_clip_val=tc.grad_clip,
+                  val_check_interval=tc.val_every, check_val_every_n_epoch=None, limit_val_batches=tc.val_batches,
+                  log_every_n_steps=tc.log_every, logger=logger,
+                  callbacks=[ckpt_cb, ImageGridLogger(), MetricsJSON(run_dir / "metrics.json")])
+    if tc.max_time_minutes:
+        kwargs["max_time"] = {"minutes": tc.max_time_minutes}
+    kwargs.update(trainer_kwargs or {})
+    trainer = L.Trainer(**kwargs)
+    t0 = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    log(f"trained {tc.variant} '{tc.name}' to step {trainer.global_step} in {time.time() - t0:.0f}s: "
+        f"checkpoint {last}, metrics {run_dir / 'metrics.json'}, TensorBoard {run_dir} (config hash {digest})")
+    return module, trainer, run_dir
+
+
+def cmd_train(args) -> int:
+    cfg = load(args.config, args.overrides)
+    run_training(cfg, resume=args.resume)
+    return 0

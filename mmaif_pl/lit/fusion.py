@@ -1,0 +1,339 @@
+"""FusionModule (shared), RegressionFusion and FlowFusion: loss and sample for each MMAIF variant.
+
+The codec and the text encoder are frozen and kept *outside* the module's registry: they are not in the
+optimizer, not in the EMA and not in `state_dict` (a checkpoint records their identity instead, and
+loading it with another codec is refused). The trainable part is the FusionDiT; `self.ema` is a
+denoiser-only EMA (DiT's deepcopy), used for validation and sampling, saved in the checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import pickle
+from pathlib import Path
+from typing import Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from ..config import config_hash, to_container
+from ..errors import UserError
+from ..models.codec import LatentCodec, psnr
+from ..models.dit import DiTSpec, FusionDiT
+from ..models.flow import LinearPath, LogitNormalTime, UniformTime, euler_sample
+from ..models.text import TextEncoder
+from .callbacks import ema_decay, update_ema
+
+CKPT_FORMAT = 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pixel-space auxiliary loss (paper §7, max-aggregation form)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _sobel_mag(x: torch.Tensor) -> torch.Tensor:
+    y = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    k = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device, dtype=x.dtype)
+    y = F.pad(y, (1, 1, 1, 1), mode="replicate")
+    gx, gy = F.conv2d(y, k[None, None]), F.conv2d(y, k.T[None, None])
+    return (gx.square() + gy.square() + 1e-12).sqrt()
+
+
+def fusion_aux_loss(fused: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|F - max(A, B)|_1 + | |grad F| - max(|grad A|, |grad B|) |_1 against the clean sources."""
+    intensity = (fused - torch.maximum(a, b)).abs().mean()
+    gradient = (_sobel_mag(fused) - torch.maximum(_sobel_mag(a), _sobel_mag(b))).abs().mean()
+    return intensity + gradient
+
+
+def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    ph, pw = -x.shape[-2] % multiple, -x.shape[-1] % multiple
+    if not (ph or pw):
+        return x
+    mode = "reflect" if ph < x.shape[-2] and pw < x.shape[-1] else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The shared base
+# ----------------------------------------------------------------------------------------------------
+
+
+class FusionModule(L.LightningModule):
+    variant = ""
+    n_inputs = 2
+    timestep = False
+
+    def __init__(self, cfg: DictConfig | dict, codec: LatentCodec, text: TextEncoder):
+        super().__init__()
+        self.cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+        object.__setattr__(self, "codec", codec.eval().requires_grad_(False))  # not a registered submodule
+        object.__setattr__(self, "text", text.eval().requires_grad_(False))
+        self.spec = DiTSpec.from_config(self.cfg.model)
+        self.dit = FusionDiT(codec.channels, self.n_inputs, text.dim, self.spec, timestep=self.timestep)
+        self.ema = copy.deepcopy(self.dit).requires_grad_(False).eval()
+        self.multiple = codec.factor * self.spec.patch
+        self.val_psnr_sum, self.val_psnr_n = 0.0, 0
+        self.val_metrics = None
+        try:
+            from ..metrics.fusion import fusion_metrics
+
+            self.val_metrics = fusion_metrics(self.cfg.eval.profile, with_reference=True)
+        except ImportError:  # the metrics package is optional for training
+            pass
+
+    # -- frozen parts ---------------------------------------------------------------------------------
+    def _frozen_to_device(self) -> None:
+        for part in (self.codec, self.text):
+            p = next(iter(part.parameters()), None)
+            p = p if p is not None else next(iter(part.buffers()), None)
+            if p is not None and p.device != self.device:
+                part.to(self.device)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.ema.eval()
+        return self
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, enabled=False):  # codec in float32: bf16 would cost PSNR
+            return self.codec.encode(x.float())
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, enabled=False):
+            return self.codec.decode(z.float())
+
+    def embed_text(self, prompts: list[str]):
+        pooled, tokens, mask = self.text(list(prompts), device=self.device)
+        if self.cfg.text.zero:  # no-prompt ablation: the model sees no language at all
+            pooled, tokens = torch.zeros_like(pooled), torch.zeros_like(tokens)
+        return pooled, tokens, mask
+
+    def denoiser(self, x, pooled, tokens, mask, t=None, model=None):
+        model = model or self.dit
+        if not self.spec.text_tokens:
+            tokens = mask = None
+        return model(x, pooled, t, tokens, mask)
+
+    # -- variant API ----------------------------------------------------------------------------------
+    def latent_loss(self, z_a, z_b, z_gt, cond, generator, model=None):
+        """-> (latent loss, MoE balance loss, predicted clean latent or None, weights for the aux loss)."""
+        raise NotImplementedError
+
+    def sample(self, z_a, z_b, cond, steps=None, generator=None, model=None) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- shared training logic ------------------------------------------------------------------------
+    def _generator(self, offset: int = 0) -> torch.Generator:
+        """Noise and t from (seed, step): a resumed run draws what the uninterrupted one drew."""
+        return torch.Generator().manual_seed(int(self.cfg.train.seed) * 1_000_003 + self.global_step + offset)
+
+    def compute_loss(self, batch: dict, generator: torch.Generator, model=None) -> dict:
+        self._frozen_to_device()
+        z_a, z_b, z_gt = self.encode(batch["a"]), self.encode(batch["b"]), self.encode(batch["target"])
+        cond = self.embed_text(batch["prompt"])
+        latent, balance, z_hat, keep = self.latent_loss(z_a, z_b, z_gt, cond, generator, model)
+        out = {"latent": latent, "balance": balance}
+        loss = latent + self.cfg.model.balance_weight * balance
+        if self.cfg.train.aux_weight > 0 and z_hat is not None and keep.any():
+            fused = self.decode(z_hat[keep])
+            aux = fusion_aux_loss(fused, batch["a_clean"][keep], batch["b_clean"][keep])
+            loss = loss + self.cfg.train.aux_weight * aux
+            out["aux"] = aux
+        out["loss"] = loss
+        return out
+
+    def training_step(self, batch, batch_idx):
+        out = self.compute_loss(batch, self._generator())
+        bs = batch["a"].shape[0]
+        self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=False, batch_size=bs)
+        self.log("loss", out["loss"].detach(), prog_bar=True, logger=False, batch_size=bs)
+        return out["loss"]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        update_ema(self.ema, self.dit, ema_decay(self.global_step, self.cfg.train.ema_decay))
+
+    @torch.no_grad()
+    def fuse(self, a: torch.Tensor, b: torch.Tensor, prompts: list[str], steps: Optional[int] = None,
+             seed: int = 0, use_ema: bool = True) -> torch.Tensor:
+        """Fused images (same size as a, b; any size: padded to the model's multiple, cropped back)."""
+        self._frozen_to_device()
+        H, W = a.shape[-2:]
+        z_a, z_b = self.encode(_pad_to(a, self.multiple)), self.encode(_pad_to(b, self.multiple))
+        gen = torch.Generator().manual_seed(seed)
+        z = self.sample(z_a, z_b, self.embed_text(prompts), steps, gen, self.ema if use_ema else self.dit)
+        return self.decode(z)[..., :H, :W].clamp(0, 1)
+
+    def on_validation_epoch_start(self):
+        self.val_psnr_sum, self.val_psnr_n = 0.0, 0
+
+    def validation_step(self, batch, batch_idx):
+        bs = batch["a"].shape[0]
+        out = {}
+        if batch.get("target") is not None and batch["a"].shape[-1] % self.multiple == 0 \
+                and batch["a"].shape[-2] % self.multiple == 0:
+            losses = self.compute_loss(batch, torch.Generator().manual_seed(batch_idx), model=self.ema)
+            self.log("val/loss", losses["latent"], batch_size=bs)
+        fused = self.fuse(batch["a"], batch["b"], batch["prompt"], seed=batch_idx)
+        out["fused"] = fused
+        if batch.get("target") is not None:
+            per = [psnr(f[None], t[None]).item() for f, t in zip(fused, batch["target"])]
+            self.val_psnr_sum += sum(per)
+            self.val_psnr_n += len(per)
+            if self.val_metrics is not None:
+                self.val_metrics.to(self.device).update(fused, batch["a"], batch["b"], batch["target"])
+        return out
+
+    def on_validation_epoch_end(self):
+        if self.val_psnr_n:
+            value = self.val_psnr_sum / self.val_psnr_n
+            self.log("val/psnr", value)
+            self.log("hp/psnr", value)
+        if self.val_metrics is not None and self.val_psnr_n:
+            for name, value in self.val_metrics.compute().items():
+                self.log(f"val/{name}", float(value))
+            self.val_metrics.reset()
+
+    def on_train_start(self):
+        logger = self.logger
+        if logger is not None and hasattr(logger, "log_hyperparams"):
+            flat = {k: str(v) if isinstance(v, (list, dict)) else v
+                    for k, v in _flatten(to_container(self.cfg)).items()}
+            logger.log_hyperparams(flat, {"hp/psnr": 0.0})
+
+    def configure_optimizers(self):
+        tc = self.cfg.train
+        decay = [p for p in self.dit.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.dit.parameters() if p.requires_grad and p.dim() < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=tuple(tc.betas))
+        warmup = max(1, int(tc.warmup_steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- checkpoint identity --------------------------------------------------------------------------
+    def checkpoint_meta(self) -> dict:
+        return {"format": CKPT_FORMAT, "variant": self.variant, "config": to_container(self.cfg),
+                "config_hash": config_hash(self.cfg), "codec": self.codec.identity(), "text": self.text.identity()}
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["mmaif"] = self.checkpoint_meta()
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# The two variants
+# ----------------------------------------------------------------------------------------------------
+
+
+class RegressionFusion(FusionModule):
+    """One pass, no timestep: z_hat = f(z_a, z_b, c); loss = MSE(z_hat, z_gt)."""
+
+    variant, n_inputs, timestep = "regression", 2, False
+
+    def latent_loss(self, z_a, z_b, z_gt, cond, generator, model=None):
+        z_hat, balance = self.denoiser(torch.cat([z_a, z_b], 1), *cond, model=model)
+        keep = torch.ones(z_hat.shape[0], dtype=torch.bool, device=z_hat.device)
+        return F.mse_loss(z_hat.float(), z_gt), balance, z_hat, keep
+
+    def sample(self, z_a, z_b, cond, steps=None, generator=None, model=None):
+        return self.denoiser(torch.cat([z_a, z_b], 1), *cond, model=model)[0].float()
+
+
+class FlowFusion(FusionModule):
+    """Rectified flow in latent space: z_t = (1 - t) noise + t z_gt, v = f(z_t, t, z_a, z_b, c),
+    loss = MSE(v, z_gt - noise); sampled with Euler from t = 0 (noise) to 1 in `sample_steps` steps."""
+
+    variant, n_inputs, timestep = "flow", 3, True
+
+    def __init__(self, cfg, codec, text):
+        super().__init__(cfg, codec, text)
+        tc = self.cfg.train
+        if tc.t_sampling == "logit_normal":
+            self.t_sampler = LogitNormalTime(tc.logit_mean, tc.logit_std)
+        elif tc.t_sampling == "uniform":
+            self.t_sampler = UniformTime()
+        else:
+            raise UserError(f"train.t_sampling must be logit_normal or uniform, got {tc.t_sampling!r}")
+        self.path = LinearPath()
+
+    def latent_loss(self, z_a, z_b, z_gt, cond, generator, model=None):
+        noise = torch.randn(z_gt.shape, generator=generator).to(z_gt)
+        t = self.t_sampler(z_gt.shape[0], generator).to(z_gt)
+        ps = self.path.sample(z_gt, noise, t)
+        v, balance = self.denoiser(torch.cat([ps.z_t, z_a, z_b], 1), *cond, t=t, model=model)
+        z_hat = self.path.clean_estimate(ps.z_t, v.float(), t)
+        return F.mse_loss(v.float(), ps.velocity), balance, z_hat, t > 0.5  # aux only where z_hat is sharp
+
+    def sample(self, z_a, z_b, cond, steps=None, generator=None, model=None):
+        steps = steps or self.cfg.train.sample_steps
+        noise = torch.randn(z_a.shape, generator=generator).to(z_a)
+
+        def velocity(z, t):
+            return self.denoiser(torch.cat([z, z_a, z_b], 1), *cond, t=t, model=model)[0].float()
+
+        return euler_sample(velocity, noise, steps, self.cfg.train.time_shift)
+
+
+VARIANTS = {"regression": RegressionFusion, "flow": FlowFusion}
+
+
+def build_module(cfg: DictConfig, codec: LatentCodec, text: TextEncoder) -> FusionModule:
+    if cfg.train.variant not in VARIANTS:
+        raise UserError(f"train.variant must be one of {', '.join(VARIANTS)}, got {cfg.train.variant!r}")
+    return VARIANTS[cfg.train.variant](cfg, codec, text)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading checkpoints safely (they are untrusted input)
+# ----------------------------------------------------------------------------------------------------
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """torch.load with weights_only=True: tensors and plain containers only, never arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: refused to load: not a plain-data checkpoint ({first})") from None
+    if not isinstance(ckpt, dict) or "mmaif" not in ckpt:
+        raise UserError(f"{path}: not an mmaif checkpoint (no 'mmaif' record)")
+    return ckpt
+
+
+def load_module(path: str | Path, codec: Optional[LatentCodec] = None, text: Optional[TextEncoder] = None,
+                codec_path: Optional[str] = None) -> FusionModule:
+    """Rebuild a FusionModule from a checkpoint for inference; the codec must be the one it was trained with."""
+    ckpt = read_checkpoint(path)
+    meta = ckpt["mmaif"]
+    cfg = OmegaConf.create(meta["config"])
+    if codec is None:
+        folder = codec_path or cfg.codec.path
+        if not folder:
+            raise UserError(f"{path}: the checkpoint names no codec folder; pass one")
+        codec = LatentCodec.load(folder)
+    if codec.identity()["digest"] != meta["codec"]["digest"]:
+        raise UserError(f"{path}: trained with codec {meta['codec']['kind']} digest {meta['codec']['digest']}, "
+                        f"but the given codec is {codec.kind} digest {codec.identity()['digest']}; refusing to mix them")
+    if text is None:
+        text = TextEncoder(cfg.text.encoder, cfg.text.max_length, cfg.text.normalize)
+    if text.identity()["dim"] != meta["text"]["dim"]:
+        raise UserError(f"{path}: trained with text encoder {meta['text']}, given {text.identity()}")
+    module = build_module(cfg, codec, text)
+    module.load_state_dict(ckpt["state_dict"])
+    return module.eval()

@@ -1,0 +1,211 @@
+"""FusionDiT and its layers (tiny preset, CPU), plus the flow-matching math."""
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from mmaif_pl.config import ModelConfig
+from mmaif_pl.models.dit import PRESETS, DiTSpec, FusionDiT
+from mmaif_pl.models.flow import LinearPath, LogitNormalTime, euler_sample, euler_times, time_shift
+from mmaif_pl.models.layers import (Attention, MoESwiGLU, NAFBlock, RoPE2D, apply_rope, balance_loss)
+
+C, TXT = 4, 24  # latent channels and text width, small for speed
+
+
+def make(flow=False, **over):
+    cfg = OmegaConf.structured(ModelConfig(preset="tiny", hidden=32, depth=2, heads=2, pe_grid=8, **over))
+    torch.manual_seed(0)
+    return FusionDiT(C, 3 if flow else 2, TXT, DiTSpec.from_config(cfg), timestep=flow)
+
+
+def inputs(model, h, w, b=2, n_text=5):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(b, C * model.n_inputs, h, w, generator=g)
+    t = torch.rand(b, generator=g) if model.t_embed is not None else None
+    tokens = torch.randn(b, n_text, TXT, generator=g)
+    mask = torch.ones(b, n_text, dtype=torch.bool)
+    mask[0, 3:] = False
+    return x, torch.randn(b, TXT, generator=g), t, tokens, mask
+
+
+def perturb(model, std=0.05):
+    """Move every zero-initialised parameter off zero so that every path carries gradient."""
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(std * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("flow", [False, True])
+@pytest.mark.parametrize("text_tokens", [False, True])
+@pytest.mark.parametrize("hw", [(8, 8), (6, 10), (7, 5), (12, 4)])
+def test_shapes_any_grid(flow, text_tokens, hw):
+    m = make(flow, text_tokens=text_tokens)
+    x, pooled, t, tok, mask = inputs(m, *hw)
+    out, aux = m(x, pooled, t, tok, mask)
+    assert out.shape == (2, C, *hw)
+    assert aux.shape == () and torch.isfinite(aux)
+
+
+def test_zero_init_output_and_identity_blocks():
+    m = make(True, text_tokens=True)
+    x, pooled, t, tok, mask = inputs(m, 6, 10)
+    out, _ = m(x, pooled, t, tok, mask)
+    assert torch.count_nonzero(out) == 0
+    tokens = torch.randn(2, 15, 32)
+    c = torch.randn(2, 32)
+    for block in m.blocks:
+        y, _, _ = block(tokens, c, (3, 5))
+        torch.testing.assert_close(y, tokens)
+    naf = NAFBlock(16)
+    g = torch.randn(1, 16, 5, 7)
+    torch.testing.assert_close(naf(g), g)
+
+
+def test_unseen_size_after_training_size():
+    m = make()
+    perturb(m)
+    for hw in [(8, 8), (16, 24), (10, 6)]:
+        x, pooled, t, tok, mask = inputs(m, *hw, b=1)
+        out, _ = m(x, pooled)
+        assert out.shape[-2:] == hw and torch.isfinite(out).all()
+
+
+def test_gradient_reaches_every_parameter():
+    m = make(True, text_tokens=True)
+    perturb(m)
+    x, pooled, t, tok, mask = inputs(m, 6, 10, b=4)
+    out, aux = m(x, pooled, t, tok, mask)
+    (out.square().mean() + aux).backward()
+    missing = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing, missing
+
+
+def names(model):
+    return {n for n, _ in model.named_parameters()}
+
+
+def test_each_switch_changes_the_parameter_set():
+    full = names(make())
+    assert any(".mod.net.1." in n for n in full) and any(".mod.net.2." in n for n in full)  # LoRA down, up
+    plain = names(make(lora_adaln=False))
+    assert not any("blocks.0.mod.net.2." in n for n in plain) and "blocks.0.mod.net.1.weight" in plain
+    assert make(lora_adaln=False).blocks[0].mod.net[1].weight.shape == (6 * 32, 32)
+    assert make().blocks[0].mod.net[1].weight.shape == (8, 32)  # rank = hidden / 4
+    assert {n for n in full if ".pe." in n} and not {n for n in names(make(block_pe=False)) if ".pe." in n}
+    assert {n for n in full if ".naf." in n} and not {n for n in names(make(nafblock=False)) if ".naf." in n}
+    assert "blocks.1.attn.eta_logit" in full and "blocks.0.attn.eta_logit" not in full  # first layer plain
+    assert not {n for n in names(make(value_residual=False)) if "eta_logit" in n}
+    assert {n for n in full if "router" in n}
+    dense = names(make(moe=False))
+    assert not {n for n in dense if "router" in n or "experts" in n} and "blocks.0.ffn.mlp.w2.weight" in dense
+    assert not {n for n in names(make(shared_expert=False)) if "shared" in n}
+    assert {n for n in names(make(text_tokens=True)) - full} == {n for n in names(make(text_tokens=True))
+                                                                 if n.startswith("text_proj")}
+    assert make(patch_embed="conv").embed.weight.dim() == 4
+    # RoPE has no parameters: same set, different function
+    assert names(make(rope=False)) == full and make(rope=False).rope is None
+    a, b = make(), make(rope=False)
+    perturb(a), perturb(b)
+    x, pooled, *_ = inputs(a, 6, 6)
+    assert not torch.allclose(a(x, pooled)[0], b(x, pooled)[0])
+
+
+def test_rope_scores_depend_only_on_offset():
+    rope = RoPE2D(16)
+    cos, sin = rope(12, 12)
+    torch.manual_seed(0)
+    q, k = torch.randn(16), torch.randn(16)
+
+    def score(pq, pk):  # positions (row, col) on a 12-wide grid
+        iq, ik = pq[0] * 12 + pq[1], pk[0] * 12 + pk[1]
+        qr = apply_rope(q[None, None, None], cos[iq:iq + 1], sin[iq:iq + 1])
+        kr = apply_rope(k[None, None, None], cos[ik:ik + 1], sin[ik:ik + 1])
+        return (qr * kr).sum().item()
+
+    base = score((1, 2), (4, 7))
+    for shift in [(0, 3), (5, 0), (6, 4)]:
+        moved = score((1 + shift[0], 2 + shift[1]), (4 + shift[0], 7 + shift[1]))
+        assert moved == pytest.approx(base, abs=1e-4)
+    assert score((1, 2), (4, 8)) != pytest.approx(base, abs=1e-3)  # a different offset does change it
+    # norms are kept: a rotation
+    qr = apply_rope(q[None, None, None].expand(1, 1, 144, 16), cos, sin)
+    torch.testing.assert_close(qr.norm(dim=-1), q.norm().expand(1, 1, 144))
+
+
+def test_value_residual_mixing_formula():
+    first = Attention(16, 2, value_residual=True, first=True)
+    assert first.eta_logit is None
+    attn = Attention(16, 2, value_residual=True, first=False)
+    v, v_prev = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    torch.testing.assert_close(attn.mix_values(v, v_prev), 0.5 * v + 0.5 * v_prev)  # eta = sigmoid(0)
+    with torch.no_grad():
+        attn.eta_logit.fill_(1.3)
+    eta = torch.sigmoid(torch.tensor(1.3))
+    torch.testing.assert_close(attn.mix_values(v, v_prev), (1 - eta) * v + eta * v_prev)
+    x = torch.randn(1, 5, 16)
+    _, v1 = first(x)
+    _, v2 = attn(x, v_prev=v1)
+    own = attn.qkv(x).unflatten(-1, (3, 2, -1)).permute(2, 0, 3, 1, 4)[2]
+    torch.testing.assert_close(v2, (1 - eta) * own + eta * v1)
+
+
+def test_moe_balance_loss_and_routing():
+    probs = torch.full((64, 4), 0.25)
+    uniform_idx = torch.arange(128).reshape(64, 2) % 4
+    assert balance_loss(probs, uniform_idx, 4).item() == pytest.approx(1.0)
+    skew = torch.tensor([0.7, 0.2, 0.05, 0.05]).expand(64, 4)
+    skew_idx = torch.tensor([0, 1]).expand(64, 2)
+    assert balance_loss(skew, skew_idx, 4).item() > 1.5
+    moe = MoESwiGLU(32, 64, experts=4, top_k=2, shared=True)
+    torch.manual_seed(0)
+    x = torch.randn(4, 64, 32)
+    out, loss = moe(x)
+    weights, _, topi = moe.route(x.reshape(-1, 32))
+    assert set(topi.unique().tolist()) == {0, 1, 2, 3}  # every expert receives tokens
+    assert ((weights > 0).sum(-1) == 2).all() and torch.allclose(weights.sum(-1), torch.ones(256))
+    assert out.shape == x.shape and loss.item() >= 1.0 - 1e-5
+
+
+def test_presets_grow():
+    sizes = []
+    for preset in PRESETS:
+        spec = DiTSpec.from_config(OmegaConf.structured(ModelConfig(preset=preset)))
+        sizes.append(spec.hidden * spec.depth)
+    assert sizes == sorted(sizes)
+    with pytest.raises(ValueError, match="unknown model preset"):
+        DiTSpec.from_config(OmegaConf.structured(ModelConfig(preset="XXL")))
+
+
+# ---------------------------------------------------------------------------------------------- flow math
+
+
+def test_linear_path_endpoints_and_estimate():
+    x1, x0 = torch.randn(3, 4, 5, 5), torch.randn(3, 4, 5, 5)
+    path = LinearPath()
+    torch.testing.assert_close(path.sample(x1, x0, torch.zeros(3)).z_t, x0)
+    torch.testing.assert_close(path.sample(x1, x0, torch.ones(3)).z_t, x1)
+    t = torch.tensor([0.2, 0.5, 0.9])
+    ps = path.sample(x1, x0, t)
+    torch.testing.assert_close(ps.velocity, x1 - x0)
+    torch.testing.assert_close(path.clean_estimate(ps.z_t, ps.velocity, t), x1)
+
+
+@pytest.mark.parametrize("steps,shift", [(1, 1.0), (4, 1.0), (7, 3.0)])
+def test_euler_with_perfect_velocity_recovers_target(steps, shift):
+    target, noise = torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6)
+
+    def velocity(z, t):  # the exact conditional velocity towards `target` from the current point
+        return (target - z) / (1 - t).clamp_min(1e-6).reshape(-1, 1, 1, 1)
+
+    torch.testing.assert_close(euler_sample(velocity, noise, steps, shift), target, atol=1e-4, rtol=1e-4)
+
+
+def test_time_shift_and_sampler():
+    t = torch.linspace(0, 1, 11)
+    torch.testing.assert_close(time_shift(t, 1.0), t)
+    s = time_shift(t, 3.0)
+    assert s[0] == 0 and s[-1] == 1 and (s[1:-1] < t[1:-1]).all() and (s.diff() > 0).all()
+    ts = euler_times(4, 3.0)
+    assert len(ts) == 5 and ts[0] == 0 and ts[-1] == 1
+    u = LogitNormalTime()(20000, torch.Generator().manual_seed(0))
+    assert 0 < u.min() and u.max() < 1 and abs(u.median().item() - 0.5) < 0.02
