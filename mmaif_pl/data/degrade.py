@@ -301,7 +301,7 @@ OPERATORS: dict[str, OperatorSpec] = {
             seeded=True),
         OperatorSpec(
             "haze", _haze,
-            _sev({"beta": (0.25, 0.5)}, {"beta": (0.5, 1.0)}, {"beta": (1.0, 2.0)},
+            _sev({"beta": (0.15, 0.35)}, {"beta": (0.35, 0.8)}, {"beta": (0.8, 1.6)},
                  {"airlight": (3.0, 5.0), "tint": (0.0, 0.06), "ir_sigma": (1.0, 2.0)}),
             {"beta": (0.0, 6.0), "airlight": (0.5, 20.0), "tint": (-0.2, 0.2), "ir_sigma": (0.1, 5.0)}),
         OperatorSpec(

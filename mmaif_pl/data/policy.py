@@ -133,6 +133,9 @@ class DegradePolicy:
         records: list[dict] = []
         for name in sorted(names, key=APPLY_ORDER.index):
             check_operator(name)
+            if name not in TASK_OPERATORS[task]:
+                raise ConfigError(f"degradation '{name}' does not apply to {task} pairs; valid for {task}: "
+                                  + ", ".join(TASK_OPERATORS[task]))
             sev = SEVERITIES[int(rng.integers(len(SEVERITIES)))] if severity == MIXED else check_severity(severity)
             params = sample_params(name, rng, sev, self.params.get(name))
             other_seed = int(rng.integers(2**31 - 1))  # drawn always, so the stream does not depend on the task
