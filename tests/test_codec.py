@@ -1,0 +1,122 @@
+"""LatentCodec: the linear (PCA) codec's quality on held-out photos, the residual learned kinds, storage."""
+import numpy as np
+import pytest
+import torch
+
+from mmaif_pl.errors import UserError
+from mmaif_pl.lit.codec import CodecModule
+from mmaif_pl.models.codec import LatentCodec, psnr
+
+
+def photo(name, size=None):
+    from skimage import data
+
+    img = np.asarray(getattr(data, name)(), np.float32) / 255.0
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, -1)
+    x = torch.from_numpy(img[..., :3].copy()).permute(2, 0, 1)[None]
+    h, w = (size or (x.shape[-2] // 8 * 8, x.shape[-1] // 8 * 8))
+    return x[..., :h, :w]
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return [photo(n) for n in ("astronaut", "coffee", "chelsea")], [photo(n) for n in ("rocket", "camera")]
+
+
+@pytest.fixture(scope="module")
+def linear(photos):
+    codec = LatentCodec("linear", 4, 16)
+    codec.fit_linear(photos[0])
+    codec.measure_stats(photos[0])
+    return codec
+
+
+def test_linear_codec_reaches_30db_on_held_out_photos(linear, photos):
+    held_out = [psnr(linear.reconstruct(x), x).item() for x in photos[1]]
+    assert min(held_out) > 30.0, held_out
+    assert np.mean([psnr(linear.reconstruct(x), x).item() for x in photos[0]]) > 33.0
+
+
+def test_latents_are_standardised_and_shaped(linear, photos):
+    z = torch.cat([linear.encode(x).flatten(2) for x in photos[0]], dim=2)
+    assert linear.encode(photos[0][0]).shape == (1, 16, 512 // 4, 512 // 4)
+    torch.testing.assert_close(z.mean((0, 2)), torch.zeros(16), atol=1e-3, rtol=0)
+    torch.testing.assert_close(z.std((0, 2)), torch.ones(16), atol=1e-2, rtol=0)
+
+
+def test_decode_is_the_transpose_of_encode(linear):
+    # on the span of the basis, encode(decode(z)) = z
+    z = torch.randn(2, 16, 5, 7)
+    torch.testing.assert_close(linear.encode(linear.decode(z)), z, atol=1e-3, rtol=1e-3)
+
+
+def test_size_checks():
+    with pytest.raises(ValueError, match="multiple of the codec factor"):
+        LatentCodec("linear", 4, 16).encode(torch.rand(1, 3, 30, 32))
+    with pytest.raises(UserError, match="exceeds"):
+        LatentCodec("linear", 2, 16)
+    with pytest.raises(UserError, match="factor"):
+        LatentCodec("kl", 4, 4, [8, 8])
+    with pytest.raises(UserError, match="unknown codec kind"):
+        LatentCodec("vq", 4, 4)
+
+
+@pytest.mark.parametrize("kind", ["kl", "tiny"])
+def test_residual_learned_codec_starts_as_the_linear_one(kind, linear, photos):
+    codec = LatentCodec(kind, 4, 16, [8, 16, 16])
+    codec.linear.load_state_dict(linear.linear.state_dict())
+    codec.latent_mean.copy_(linear.latent_mean)
+    codec.latent_std.copy_(linear.latent_std)
+    x = photos[1][0][..., :64, :96]
+    torch.testing.assert_close(codec.encode(x), linear.encode(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(codec.reconstruct(x), linear.reconstruct(x), atol=1e-5, rtol=1e-5)
+
+
+def test_learned_codec_trains_and_round_trips(tmp_path, linear, photos):
+    codec = LatentCodec("kl", 4, 16, [8, 16, 16])
+    codec.linear.load_state_dict(linear.linear.state_dict())
+    module = CodecModule(codec, lr=1e-3)
+    opt = module.configure_optimizers()
+    x = torch.cat([p[..., :32, :32] for p in photos[0]])
+    module.log_dict = lambda *a, **k: None
+    losses = []
+    for _ in range(8):
+        loss = module.training_step(x, 0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert all(p.grad is not None for p in codec.ae.decoder.parameters() if p.requires_grad)
+    codec.eval().requires_grad_(False)
+    codec.measure_stats([x])
+    codec.save(tmp_path / "kl")
+    again = LatentCodec.load(tmp_path / "kl")
+    assert again.identity() == codec.identity()
+    torch.testing.assert_close(again.reconstruct(x), codec.reconstruct(x))
+
+
+def test_linear_round_trip_and_identity(tmp_path, linear):
+    linear.save(tmp_path / "lin")
+    again = LatentCodec.load(tmp_path / "lin")
+    assert again.identity() == linear.identity()
+    other = LatentCodec("linear", 4, 16)
+    assert other.identity()["digest"] != linear.identity()["digest"]
+    with pytest.raises(UserError, match="not found"):
+        LatentCodec.load(tmp_path / "missing")
+
+
+def test_pretrained_diffusers_folder(tmp_path):
+    from diffusers import AutoencoderKL
+
+    ae = AutoencoderKL(block_out_channels=[8, 8], down_block_types=["DownEncoderBlock2D"] * 2,
+                       up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=4)
+    ae.save_pretrained(tmp_path / "vae")
+    codec = LatentCodec.load(tmp_path / "vae")
+    assert (codec.kind, codec.factor, codec.channels) == ("pretrained", 2, 4)
+    x = torch.rand(2, 3, 16, 16)
+    codec.measure_stats([x])
+    assert codec.encode(x).shape == (2, 4, 8, 8) and codec.decode(codec.encode(x)).shape == x.shape
+    codec.save(tmp_path / "stored")
+    assert LatentCodec.load(tmp_path / "stored").identity() == codec.identity()

@@ -1,0 +1,65 @@
+"""TextEncoder: packaged MiniLM offline, any local HF encoder folder, masked pooling, cache, frozen."""
+import pytest
+import torch
+
+from mmaif_pl.errors import UserError
+from mmaif_pl.models.text import TextEncoder, minilm_path
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return TextEncoder()
+
+
+def test_minilm_shapes_mask_and_pooling(minilm):
+    prompts = ["Remove the rain and the noise.", "Fuse.", "Remove the rain and the noise."]
+    pooled, tokens, mask = minilm(prompts)
+    assert minilm.dim == 384 and pooled.shape == (3, 384)
+    assert tokens.shape[:2] == mask.shape and tokens.shape[2] == 384
+    assert mask[1].sum() < mask[0].sum() and mask[0].all()
+    manual = tokens[1, mask[1]].mean(0)
+    torch.testing.assert_close(pooled[1], manual)
+    torch.testing.assert_close(pooled[0], pooled[2])
+    assert (tokens[1, ~mask[1]] == 0).all()
+
+
+def test_minilm_is_frozen_and_meaningful(minilm):
+    assert not any(p.requires_grad for p in minilm.parameters())
+    minilm.train()
+    assert not minilm.model.training
+    p, _, _ = minilm(["The image is hazy.", "Haze covers the picture.", "Heavy motion blur everywhere."])
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(p[0], p[1], dim=0) > cos(p[0], p[2], dim=0)  # paraphrases sit closer than other degradations
+
+
+def test_cache_encodes_each_prompt_once(minilm, monkeypatch):
+    calls = []
+    orig = minilm._encode_new
+    monkeypatch.setattr(minilm, "_encode_new", lambda ps: (calls.append(list(ps)), orig(ps)))
+    minilm(["a new prompt for the cache test", "another one"])
+    minilm(["another one", "a new prompt for the cache test"])
+    assert calls == [["a new prompt for the cache test", "another one"]]
+
+
+def test_truncation_at_max_length():
+    enc = TextEncoder(max_length=8)
+    _, tokens, mask = enc(["word " * 50])
+    assert tokens.shape[1] == 8 and mask.all()
+
+
+def test_any_local_t5_encoder_folder(tmp_path):
+    from transformers import AutoTokenizer, T5Config, T5EncoderModel
+
+    tok = AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    cfg = T5Config(vocab_size=tok.vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
+    T5EncoderModel(cfg).save_pretrained(tmp_path / "t5")
+    tok.save_pretrained(tmp_path / "t5")
+    enc = TextEncoder(str(tmp_path / "t5"))
+    pooled, tokens, mask = enc(["Remove the haze.", "Denoise both sources, please."])
+    assert enc.dim == 32 and pooled.shape == (2, 32) and tokens.shape[-1] == 32
+    assert enc.identity()["encoder"] == str(tmp_path / "t5")
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="config.json"):
+        TextEncoder(str(tmp_path / "nope"))
