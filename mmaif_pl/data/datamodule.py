@@ -104,7 +104,8 @@ def crop_size(bucket: Sequence[float], area_side: int, multiple: int, max_hw: tu
     w_r, h_r = float(bucket[0]), float(bucket[1])
     h = area_side * math.sqrt(h_r / w_r)
     w = area_side * math.sqrt(w_r / h_r)
-    fit = lambda v, limit: max(multiple, min(int(v // multiple), int(limit // multiple)) * multiple)  # noqa: E731
+    shrink = min(1.0, max_hw[0] / h, max_hw[1] / w)  # a small image gets a smaller crop of the same shape
+    fit = lambda v, limit: max(multiple, min(int(v * shrink // multiple), int(limit // multiple)) * multiple)  # noqa: E731
     return fit(h, max_hw[0]), fit(w, max_hw[1])
 
 
