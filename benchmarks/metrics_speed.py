@@ -21,7 +21,9 @@ def main() -> None:
     ap.add_argument("--profile", default="default")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (mmaif evaluate uses 1 on CPU)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
 
     g = torch.Generator().manual_seed(0)
     # smooth random scenes (not white noise) so the statistics resemble photographs

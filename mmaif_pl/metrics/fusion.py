@@ -46,8 +46,13 @@ class FusionMetric(Metric):
                 raise ValueError(f"target {tuple(target.shape)} and fused {tuple(fused.shape)} differ in shape")
         p = self.profile
         planes_t = p.planes(target) if (self.needs_target and target is not None) else None
-        values = self.score_planes(p.planes(fused), p.planes(a), p.planes(b), planes_t)
-        return values.view(fused.shape[0], p.channels).mean(1)
+        return self.score_from_planes(p.planes(fused), p.planes(a), p.planes(b), planes_t)
+
+    @torch.no_grad()
+    def score_from_planes(self, f: Tensor, a: Tensor, b: Tensor, t: Optional[Tensor] = None) -> Tensor:
+        """Like `score`, from the profile's planes (`profile.planes(img)`), so several metrics can share them."""
+        values = self.score_planes(f, a, b, t)
+        return values.view(-1, self.profile.channels).mean(1)
 
     def update(self, fused: Tensor, a: Tensor, b: Tensor, target: Optional[Tensor] = None) -> None:
         values = self.score(fused, a, b, target)
@@ -150,5 +155,10 @@ def fusion_metrics(profile: str | MetricProfile = "default", with_reference: boo
 def score_images(fused: Tensor, a: Tensor, b: Tensor, target: Optional[Tensor] = None,
                  profile: str | MetricProfile = "default") -> dict[str, Tensor]:
     """Per-image values of every metric (PSNR/SSIM_gt when a target is given): name -> tensor of shape B."""
-    collection = fusion_metrics(profile, with_reference=target is not None)
-    return {name: m.score(fused, a, b, target) for name, m in collection.items()}
+    prof = get_profile(profile)
+    collection = fusion_metrics(prof, with_reference=target is not None)
+    fa, aa, ba = prof.planes(fused), prof.planes(a), prof.planes(b)
+    ta = prof.planes(target) if target is not None else None
+    if not (fa.shape == aa.shape == ba.shape) or (ta is not None and ta.shape != fa.shape):
+        raise ValueError("fused, a, b (and target) must have the same shape")
+    return {name: m.score_from_planes(fa, aa, ba, ta) for name, m in collection.items()}
