@@ -56,6 +56,17 @@ class PairRecord:
     order_by_luminance: bool = False  # MEF without a stated order: darker source first, decided at load
 
 
+_SPLIT_OR_TASK = {"train", "test", "val", "validation", *TASKS}
+
+
+def dataset_name(root: Path) -> str:
+    """The dataset a layout folder belongs to: `data/mef/test` -> `data`, `MSRS/test` -> `MSRS`."""
+    for part in reversed(root.resolve().parts):
+        if part.lower() not in _SPLIT_OR_TASK:
+            return part
+    return root.name
+
+
 def _child_dirs(folder: Path) -> dict[str, Path]:
     return {p.name.lower(): p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")}
 
@@ -118,7 +129,7 @@ def _ir_vi(root: Path, task: str, split: Optional[str]) -> list[PairRecord]:
     gts = list_images(gt) if gt is not None else {}
     _warn_unmatched(root, [irs[k].name for k in irs.keys() - vis.keys()] + [vis[k].name for k in vis.keys() - irs.keys()])
     return [
-        PairRecord(name=vis[k].stem, task=task, a=vis[k], b=irs[k], gt=gts.get(k), dataset=root.name)
+        PairRecord(name=vis[k].stem, task=task, a=vis[k], b=irs[k], gt=gts.get(k), dataset=dataset_name(root))
         for k in sorted(irs.keys() & vis.keys())
     ]
 
@@ -130,7 +141,7 @@ def _generic(root: Path, task: str, split: Optional[str]) -> list[PairRecord]:
     gts = list_images(gt_dir) if gt_dir is not None else {}
     _warn_unmatched(root, [a_s[k].name for k in a_s.keys() - b_s.keys()] + [b_s[k].name for k in b_s.keys() - a_s.keys()])
     return [
-        PairRecord(name=a_s[k].stem, task=task, a=a_s[k], b=b_s[k], gt=gts.get(k), dataset=root.name)
+        PairRecord(name=a_s[k].stem, task=task, a=a_s[k], b=b_s[k], gt=gts.get(k), dataset=dataset_name(root))
         for k in sorted(a_s.keys() & b_s.keys())
     ]
 
@@ -162,7 +173,7 @@ def _scene_ab(root: Path, task: str, split: Optional[str]) -> list[PairRecord]:
                 name = folder.name if folder != root else sides["a"].stem[:-2]
                 gt = next((p for k, p in gt_candidates.items() if k in (f"{stem}_gt", f"{stem}_f", f"{stem}-gt")), None)
                 records.append(
-                    PairRecord(name=name, task=task, a=sides["a"], b=sides["b"], gt=gt, dataset=root.name,
+                    PairRecord(name=name, task=task, a=sides["a"], b=sides["b"], gt=gt, dataset=dataset_name(root),
                                order_by_luminance=(task == "mef"))
                 )
             else:
@@ -191,7 +202,7 @@ def _sequence(root: Path, task: str, split: Optional[str]) -> list[PairRecord]:
         if len(frames) < 2:
             continue
         lum = sorted(frames, key=_mean_luminance)
-        records.append(PairRecord(name=folder.name, task=task, a=lum[0], b=lum[-1], gt=labels.get(key), dataset=root.name))
+        records.append(PairRecord(name=folder.name, task=task, a=lum[0], b=lum[-1], gt=labels.get(key), dataset=dataset_name(root)))
     return records
 
 
