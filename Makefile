@@ -27,6 +27,32 @@ data: $(STAMP)  ## build the embedded default dataset into data/ when it is miss
 	  $(BIN)/mmaif data build --out data && $(BIN)/dvc commit -q -f data.dvc && \
 	  { git diff --quiet -- data.dvc 2>/dev/null || { echo "error: the built data differs from the committed data.dvc"; exit 1; }; }; fi
 
+# DVC stages call `mmaif`: put the project's virtualenv first on PATH for them.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+ablation: $(STAMP)  ## the main job: build the data if missing, `dvc repro` every stage, print the table
+	@test -d data || $(MAKE) --no-print-directory data
+	$(BIN)/dvc repro
+	@cat reports/ablation.md
+
+report: $(STAMP)  ## rebuild reports/ablation.md from the metrics that exist
+	$(BIN)/mmaif report --metrics metrics --runs runs --out reports/ablation.md
+
+sweep: $(STAMP)  ## queue a small learning-rate x steps grid of the regression model (dvc exp), then run it
+	$(BIN)/dvc exp run --queue -S 'experiments/scale/cpu.yaml:train.lr=5e-4,1e-3,2e-3' -S 'experiments/scale/cpu.yaml:train.max_steps=300,600'
+	$(BIN)/dvc queue start -j 1
+	@echo "compare with: .venv/bin/dvc exp show --only-changed --md"
+
+tensorboard: $(STAMP)  ## serve runs/ (one run per variant; HPARAMS tab compares them)
+	$(BIN)/tensorboard --logdir runs --port 6006
+
+push: $(STAMP)  ## store data, codec and every checkpoint in the default DVC remote
+	$(BIN)/dvc push
+
+pull: $(STAMP)  ## fetch them back (then `dvc repro` retrains nothing)
+	$(BIN)/dvc pull
+
 clean:  ## remove caches (not data, runs or .venv)
 	rm -rf .pytest_cache build *.egg-info
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

@@ -150,8 +150,10 @@ def cmd_fuse(args) -> int:
         if a.shape != b.shape:
             raise UserError(f"size mismatch: {pa} is {a.shape[1]}x{a.shape[0]}, {pb} is {b.shape[1]}x{b.shape[0]}")
         write_image(dest, fuser(a, b, prompt))
-        print(f"\rfused {i}/{len(jobs)} {name}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+        if sys.stderr.isatty():
+            print(f"\rfused {i}/{len(jobs)} {name}", end="\n" if i == len(jobs) else "", file=sys.stderr, flush=True)
+        elif i % max(1, len(jobs) // 10) == 0 or i == len(jobs):
+            print(f"  fused {i}/{len(jobs)}", file=sys.stderr, flush=True)
     steps = f", {args.steps or fuser.module.cfg.train.sample_steps} steps" if fuser.variant == "flow" else ""
     where = jobs[0][4] if len(jobs) == 1 else jobs[0][4].parent
     print(f"fused {len(jobs)} pair(s) with {fuser.variant}{steps} on {fuser.device.type} in "

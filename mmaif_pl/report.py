@@ -1,0 +1,166 @@
+"""`mmaif report`: evaluation JSONs of every variant and baseline -> one comparison table and plot data.
+
+Reads `metrics/<name>.json` (written by `mmaif evaluate --prepared`) and, for trained variants,
+`runs/<variant>/train_summary.json` (steps, wall time, parameter count). Writes
+- `reports/ablation.md`: one row per variant / baseline: PSNR and SSIM to the target per task and
+  their mean, the main reference-free fusion metrics, the delta of each ablation against the full model
+  it ablates, training time and parameters; then the gap of each full model to the best baseline per task;
+- `reports/ablation.csv`: the same numbers, one row per entry (for `dvc plots`).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+from .config import atomic_write_text
+from .errors import UserError
+
+TASKS = ("vif", "mef", "mff")
+REFERENCE_FREE = ("EN", "SF", "Qabf", "VIF", "MEF_SSIM")
+FULL_MODELS = ("regression", "flow")
+
+
+def _variant_of(name: str) -> str:
+    """`flow-s16` -> `flow`: evaluation names carry the sampling steps after the variant."""
+    return name.rsplit("-s", 1)[0] if name.rsplit("-s", 1)[-1].isdigit() else name
+
+
+def load_entries(metrics_dir: Path, runs_dir: Optional[Path]) -> dict[str, dict]:
+    entries = {}
+    for path in sorted(metrics_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: not valid JSON ({exc})") from None
+        if "per_task" not in data or "overall" not in data:
+            raise UserError(f"{path}: not a prepared-split evaluation (no 'per_task' / 'overall'); "
+                            f"run `mmaif evaluate --prepared ...`")
+        entry = {"name": path.stem, "overall": data["overall"], "per_task": data["per_task"], "train": None}
+        if runs_dir is not None:
+            summary = runs_dir / _variant_of(path.stem) / "train_summary.json"
+            if summary.is_file():
+                entry["train"] = json.loads(summary.read_text())
+        entries[path.stem] = entry
+    if not entries:
+        raise UserError(f"{metrics_dir}: no metrics JSON files found (run the evaluate stage first)")
+    return entries
+
+
+def _get(entry: dict, task: Optional[str], metric: str) -> float:
+    src = entry["overall"] if task is None else entry["per_task"].get(task, {}).get("metrics", {})
+    value = src.get(metric)
+    return float(value) if value is not None else math.nan
+
+
+def mean_psnr(entry: dict) -> float:
+    values = [_get(entry, t, "PSNR") for t in TASKS if t in entry["per_task"]]
+    return sum(values) / len(values) if values else math.nan
+
+
+def _fmt(x: float, digits: int = 2, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def _reference_for(name: str, entries: dict) -> Optional[str]:
+    """The full model an entry is compared with: ablations -> regression, flow step counts -> flow."""
+    if name in FULL_MODELS or name.startswith("baseline"):
+        return None
+    variant = _variant_of(name)
+    if variant == "flow":
+        return "flow" if name != "flow" and "flow" in entries else None
+    return "regression" if "regression" in entries else None
+
+
+def rows(entries: dict) -> list[dict]:
+    order = sorted(entries, key=lambda n: (0 if n in FULL_MODELS else 2 if n.startswith("baseline") else 1, n))
+    out = []
+    for name in order:
+        e = entries[name]
+        row = {"name": name, "psnr_mean": mean_psnr(e)}
+        for t in TASKS:
+            row[f"psnr_{t}"] = _get(e, t, "PSNR")
+            row[f"ssim_{t}"] = _get(e, t, "SSIM_gt")
+        for m in REFERENCE_FREE:
+            row[m] = _get(e, None, m)
+        ref = _reference_for(name, entries)
+        row["reference"] = ref
+        row["delta_psnr"] = row["psnr_mean"] - mean_psnr(entries[ref]) if ref else math.nan
+        train = e["train"] or {}
+        row["params_m"] = train.get("params", math.nan) / 1e6 if train.get("params") else math.nan
+        row["train_min"] = train.get("seconds", math.nan) / 60 if train.get("seconds") else math.nan
+        row["steps"] = train.get("steps")
+        out.append(row)
+    return out
+
+
+def markdown(table: list[dict], entries: dict) -> str:
+    lines = ["# Ablation on the embedded test split", "",
+             "PSNR / SSIM are to the clean target; the reference-free metrics are means over all test samples "
+             "(see docs/metrics.md). Δ is the change in mean PSNR against the full model the row ablates "
+             "(regression for `no-*`, flow at its default steps for `flow-s*`).", ""]
+    head = (["variant", "PSNR mean", "Δ"] + [f"PSNR {t}" for t in TASKS] + [f"SSIM {t}" for t in TASKS]
+            + list(REFERENCE_FREE) + ["params (M)", "train (min)", "steps"])
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table:
+        cells = ([f"`{r['name']}`", _fmt(r["psnr_mean"]), _fmt(r["delta_psnr"], signed=True)]
+                 + [_fmt(r[f"psnr_{t}"]) for t in TASKS] + [_fmt(r[f"ssim_{t}"], 3) for t in TASKS]
+                 + [_fmt(r[m], 3) for m in REFERENCE_FREE]
+                 + [_fmt(r["params_m"]), _fmt(r["train_min"], 1), str(r["steps"] or "–")])
+        lines.append("| " + " | ".join(cells) + " |")
+    baselines = [n for n in entries if n.startswith("baseline")]
+    if baselines:
+        lines += ["", "## Full models against the classical restoration + fusion baseline", "",
+                  "Difference in PSNR to the target (dB), per task; positive means the model is better.", "",
+                  "| model | baseline | " + " | ".join(TASKS) + " | mean |", "|---|---|" + "---|" * (len(TASKS) + 1)]
+        for model in FULL_MODELS:
+            if model not in entries:
+                continue
+            for base in sorted(baselines):
+                deltas = [_get(entries[model], t, "PSNR") - _get(entries[base], t, "PSNR") for t in TASKS]
+                mean = mean_psnr(entries[model]) - mean_psnr(entries[base])
+                lines.append(f"| `{model}` | `{base}` | " + " | ".join(_fmt(d, signed=True) for d in deltas)
+                             + f" | {_fmt(mean, signed=True)} |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: list[dict]) -> str:
+    buf = io.StringIO()
+    fields = [k for k in table[0] if k != "reference"]
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in table:
+        writer.writerow({k: (round(v, 4) if isinstance(v, float) and not math.isnan(v) else ("" if isinstance(v, float) else v))
+                         for k, v in r.items() if k != "reference"})
+    return buf.getvalue()
+
+
+def write_report(metrics_dir: str | Path, out: str | Path, runs_dir: Optional[str | Path] = None) -> list[dict]:
+    entries = load_entries(Path(metrics_dir), Path(runs_dir) if runs_dir else None)
+    table = rows(entries)
+    out = Path(out)
+    atomic_write_text(out, markdown(table, entries))
+    atomic_write_text(out.with_suffix(".csv"), to_csv(table))
+    return table
+
+
+def cmd_report(args) -> int:
+    table = write_report(args.metrics, args.out, args.runs)
+    print(Path(args.out).read_text())
+    print(f"report of {len(table)} entries -> {args.out} (+ {Path(args.out).with_suffix('.csv')})")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="compare variants and baselines: metrics JSONs -> reports/ablation.md",
+                       epilog="example: mmaif report --metrics metrics --runs runs --out reports/ablation.md")
+    p.add_argument("--metrics", default="metrics", help="folder of evaluation JSONs (default: metrics)")
+    p.add_argument("--runs", default="runs", help="training runs folder with train_summary.json (default: runs)")
+    p.add_argument("--out", default="reports/ablation.md", help="markdown report (a .csv is written beside it)")
+    p.set_defaults(func=cmd_report)
