@@ -237,7 +237,8 @@ def test_profiles_change_numbers_exactly_as_documented():
     # a gray image gives the same numbers per channel as through the luma
     r = {k: v.item() for k, v in score_images(tf, ta, tb, profile="rgb").items()}
     for name in d:
-        assert r[name] == pytest.approx(d[name], rel=1e-5), name
+        rel = 1e-3 if name in ("Qabf", "Qcb") else 1e-5  # the float-noise-sensitive two, as above
+        assert r[name] == pytest.approx(d[name], rel=rel, abs=1e-6), name
 
 
 def test_cddfuse_profile_rounds_the_luma_like_cv2_gray():
