@@ -289,3 +289,14 @@ def test_every_profile_is_documented():
         assert f"`{name}`" in doc
     for name in metric_names(with_reference=True):
         assert name in doc
+
+
+def test_the_torch_filter_path_used_on_accelerators_gives_the_same_numbers(monkeypatch):
+    a, b = textured(19, 64, 64), textured(20, 64, 64)
+    f = np.round((a + b) / 2)
+    ta, tb, tf = as_rgb_tensor(a), as_rgb_tensor(b), as_rgb_tensor(f)
+    with_scipy = score_images(tf, ta, tb, tf, profile="cddfuse")
+    monkeypatch.setattr(FM, "SCIPY_ON_CPU", False)
+    with_torch = score_images(tf, ta, tb, tf, profile="cddfuse")
+    for name, value in with_scipy.items():
+        assert with_torch[name].item() == pytest.approx(value.item(), rel=1e-9, abs=1e-12), name

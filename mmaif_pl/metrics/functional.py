@@ -16,6 +16,9 @@ from scipy import ndimage
 
 Tensor = torch.Tensor
 LEVELS = 256  # histogram bins of 8-bit images
+# On CPU, filters run in scipy.ndimage (~8x faster than torch's float64 conv2d, which has no MKL-DNN path);
+# on an accelerator they run as conv2d where the data is. Tests switch this off to check the torch path.
+SCIPY_ON_CPU = True
 MATLAB_EPS = 2.220446049250313e-16
 
 
@@ -43,9 +46,7 @@ def filter_same_zero(x: Tensor, kernel_1d: Tensor) -> Tensor:
 
 
 def _separable(x: Tensor, kernel_1d: Tensor, mode: str) -> Tensor:
-    # On CPU scipy.ndimage is ~8x faster than torch's float64 conv2d (no MKL-DNN path for float64);
-    # on an accelerator conv2d runs where the data is.
-    if x.device.type == "cpu":
+    if _scipy(x):
         k = kernel_1d.numpy()
         y = ndimage.correlate1d(x.numpy(), k, axis=2, mode=mode)
         return torch.from_numpy(ndimage.correlate1d(y, k, axis=1, mode=mode))
@@ -56,11 +57,15 @@ def _separable(x: Tensor, kernel_1d: Tensor, mode: str) -> Tensor:
 
 def box_valid(x: Tensor, size: int) -> Tensor:
     """Mean over every fully covered size x size window."""
-    if x.device.type == "cpu":
+    if _scipy(x):
         r = size // 2  # odd sizes: the centred window covers [i - r, i + r]
         y = ndimage.uniform_filter1d(ndimage.uniform_filter1d(x.numpy(), size, axis=2), size, axis=1)
         return torch.from_numpy(y[:, r:x.shape[1] - r, r:x.shape[2] - r].copy())
     return F.avg_pool2d(x.unsqueeze(1), size, stride=1).squeeze(1)
+
+
+def _scipy(x: Tensor) -> bool:
+    return SCIPY_ON_CPU and x.device.type == "cpu"
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
@@ -204,7 +209,7 @@ _SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))  # h3
 def _correlate3(x: Tensor, kernel: tuple, pad_mode: str, scale: float = 1.0) -> Tensor:
     """3x3 correlation, same size; pad_mode "zeros" (filter2 'same') or "reflect" (mirror without the edge)."""
     k = torch.tensor(kernel, dtype=x.dtype) * scale
-    if x.device.type == "cpu":
+    if _scipy(x):
         mode = "constant" if pad_mode == "zeros" else "mirror"  # scipy's 'mirror' = torch's 'reflect'
         return torch.from_numpy(ndimage.correlate(x.numpy(), k.numpy()[None], mode=mode))
     xp = F.pad(x.unsqueeze(1), (1, 1, 1, 1), mode="constant" if pad_mode == "zeros" else pad_mode)
