@@ -242,14 +242,6 @@ class EpochSampler(DistributedSampler):
         self.epoch = int(epoch)
 
 
-def _single_threaded_worker(_worker_id: int) -> None:
-    """Loader workers already use one core each: OpenCV's own thread pool would only oversubscribe them."""
-    import cv2
-
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
 def collate(samples: Sequence[dict]) -> dict:
     """Stack images (centre-cropping to the smallest common size if a batch mixes sizes) and list the rest."""
     batch: dict[str, Any] = {}
@@ -336,9 +328,10 @@ class FusionDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, batch_size: int, sampler=None) -> DataLoader:
         workers = int(self.cfg.data.num_workers)
+        # No cv2.setNumThreads(1) in a worker_init_fn: in a forked worker it deadlocks once the parent has used
+        # OpenCV's thread pool (seen with OpenCV 5). PyTorch already makes each worker single-threaded for torch.
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
-                          collate_fn=collate, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-                          worker_init_fn=_single_threaded_worker if workers > 0 else None)
+                          collate_fn=collate, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
