@@ -160,8 +160,6 @@ def test_real_pairs_without_gt_get_teacher_targets(tmp_path):
     assert not torch.equal(batch["target"], batch["a_clean"])
 
 
-@pytest.mark.xfail(strict=True, reason="teacher.mertens passes [0, 1] floats to OpenCV's MergeMertens, which "
-                   "expects 0-255 floats: the MEF teacher target comes out nearly black (teacher.py, lead's module)")
 def test_real_mef_teacher_target_is_a_plausible_image():
     root = shared_dataset("mef/MEFB")
     cfg = config.load([], [f"data.root={root}", "data.crop=64", "data.samples_per_epoch=2", "data.batch_size=2",

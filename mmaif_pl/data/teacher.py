@@ -7,14 +7,10 @@ Rules take and return HxWx3 float32 images in [0, 1].
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import cv2
 import numpy as np
 
 from ..errors import UserError
-
-Rule = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def _luma(img: np.ndarray) -> np.ndarray:
@@ -41,28 +37,9 @@ def max_base_detail(a: np.ndarray, b: np.ndarray, sigma: float = 5.0) -> np.ndar
     return np.clip(cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB), 0.0, 1.0)
 
 
-def mertens(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """MEF: Mertens exposure fusion (contrast, saturation, well-exposedness weights; OpenCV)."""
-    fused = cv2.createMergeMertens().process([np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32)])
-    return np.clip(fused, 0.0, 1.0)
-
-
-def focus_select(a: np.ndarray, b: np.ndarray, window: int = 9) -> np.ndarray:
-    """MFF: per pixel, the source with the larger local Laplacian energy, with a softened decision map."""
-    def energy(img: np.ndarray) -> np.ndarray:
-        lap = cv2.Laplacian(_luma(img), cv2.CV_32F, ksize=3)
-        return cv2.blur(lap * lap, (window, window))
-
-    w = (energy(a) >= energy(b)).astype(np.float32)
-    w = cv2.GaussianBlur(w, (0, 0), window / 3)[..., None]
-    return np.clip(w * a + (1 - w) * b, 0.0, 1.0)
-
-
-def average(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a + b) / 2
-
-
-RULES: dict[str, Rule] = {"max_base_detail": max_base_detail, "mertens": mertens, "focus": focus_select, "average": average}
+# The MEF and MFF teachers are the classical baselines' rules (one implementation of each rule).
+BASELINE_RULES = ("mertens", "focus", "guided", "laplacian", "average")
+RULES = ("max_base_detail",) + BASELINE_RULES
 DEFAULT_RULE = {"vif": "max_base_detail", "mef": "mertens", "mff": "focus"}
 
 
@@ -71,4 +48,9 @@ def fuse(a: np.ndarray, b: np.ndarray, task: str, rule: str = "auto") -> np.ndar
     name = DEFAULT_RULE.get(task) if rule == "auto" else rule
     if name not in RULES:
         raise UserError(f"unknown teacher rule '{rule}' for task '{task}'; valid: auto, {', '.join(RULES)}")
-    return RULES[name](a.astype(np.float32), b.astype(np.float32)).astype(np.float32)
+    a, b = a.astype(np.float32), b.astype(np.float32)
+    if name == "max_base_detail":
+        return max_base_detail(a, b).astype(np.float32)
+    from .. import baselines  # imported here: baselines imports the data package
+
+    return baselines.fuse(a, b, task, name).astype(np.float32)
