@@ -69,13 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--no-load", action="store_true", help="list only; do not decode every image")
     c.set_defaults(func=_check)
 
-    import importlib
+    from .prepare import add_prepare_parser
+    from .preview import add_preview_parser
 
-    for module, adder in ((".prepare", "add_prepare_parser"), (".preview", "add_preview_parser")):
-        try:
-            mod = importlib.import_module(module, __package__)
-        except ModuleNotFoundError as exc:  # not written yet; a broken import inside still raises
-            if exc.name != f"{__package__}{module}":
-                raise
-            continue
-        getattr(mod, adder)(dsub)
+    add_prepare_parser(dsub)
+    add_preview_parser(dsub)
