@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+from scipy.fft import next_fast_len
 
 Tensor = torch.Tensor
 LEVELS = 256  # histogram bins of 8-bit images
@@ -541,12 +542,16 @@ def qcb(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
     g2 = gaussian_1d(31, 2.0, f, normalize=False)
     g4 = gaussian_1d(31, 4.0, f, normalize=False)
 
+    # The 31x31 zero-padded filtering runs as a linear convolution through the FFT (sizes padded past
+    # H + 30, W + 30, so nothing wraps around); it takes the complex CSF output as it is.
+    fh, fw = next_fast_len(h + 30), next_fast_len(w + 30)
+    spectra = [torch.outer(torch.fft.fft(k, fh), torch.fft.fft(k, fw)) for k in (g2, g4)]
+
     def masked_contrast(x: Tensor) -> Tensor:
         filtered = torch.fft.ifft2(torch.fft.fft2(normalize_min_max(x)) * csf)
-        parts = torch.cat([filtered.real, filtered.imag])
-        n = x.shape[0]
-        s2, s4 = filter_same_zero(parts, g2), filter_same_zero(parts, g4)
-        c = (torch.complex(s2[:n], s2[n:]) / torch.complex(s4[:n], s4[n:]) - 1).abs()
+        padded = torch.fft.fft2(filtered, s=(fh, fw))
+        s2, s4 = (torch.fft.ifft2(padded * k)[:, 15:15 + h, 15:15 + w] for k in spectra)
+        c = (s2 / s4 - 1).abs()
         return c.pow(3) / (c.pow(2) + 1e-4)
 
     ca, cb, cf = masked_contrast(a), masked_contrast(b), masked_contrast(f)
