@@ -152,6 +152,7 @@ def fusion_metrics(profile: str | MetricProfile = "default", with_reference: boo
     return MetricCollection({n: {**NO_REFERENCE, **WITH_REFERENCE}[n](profile=prof) for n in chosen}, compute_groups=False)
 
 
+@torch.no_grad()
 def score_images(fused: Tensor, a: Tensor, b: Tensor, target: Optional[Tensor] = None,
                  profile: str | MetricProfile = "default") -> dict[str, Tensor]:
     """Per-image values of every metric (PSNR/SSIM_gt when a target is given): name -> tensor of shape B."""
