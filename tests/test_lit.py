@@ -1,0 +1,197 @@
+"""LightningModules and the train command on a tiny in-test dataset (CPU, 32 px)."""
+import pickle
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mmaif_pl.config import ConfigError, load
+from mmaif_pl.errors import UserError
+from mmaif_pl.lit.commands import run_training
+from mmaif_pl.lit.fusion import build_module, load_module, read_checkpoint
+from mmaif_pl.models.codec import LatentCodec, psnr
+from mmaif_pl.models.text import TextEncoder
+
+SIZE = 32
+PROMPTS = ["Remove the noise.", "The visible image is hazy.", "Fuse the two exposures.", "Deblur the near focus."]
+
+
+class TinyPairs(Dataset):
+    """Deterministic smooth pairs: a target, two complementary clean sources, noisy degraded copies."""
+
+    def __init__(self, n=8, seed=0):
+        self.n, self.seed = n, seed
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(self.seed * 1000 + i)
+        low = torch.rand(1, 3, 4, 4, generator=g)
+        target = torch.nn.functional.interpolate(low, size=(SIZE, SIZE), mode="bicubic", align_corners=False)[0]
+        target = target.clamp(0, 1)
+        ramp = torch.linspace(0, 1, SIZE).expand(SIZE, SIZE)
+        a_clean, b_clean = target * (0.4 + 0.6 * ramp), target * (1.0 - 0.6 * ramp)
+        a = (a_clean + 0.05 * torch.randn(a_clean.shape, generator=g)).clamp(0, 1)
+        b = (b_clean + 0.05 * torch.randn(b_clean.shape, generator=g)).clamp(0, 1)
+        return {"a": a, "b": b, "a_clean": a_clean, "b_clean": b_clean, "target": target,
+                "prompt": PROMPTS[i % 4], "task": "mef", "degradations": [], "id": str(i)}
+
+
+def collate(samples):
+    out = {k: torch.stack([s[k] for s in samples]) for k in ("a", "b", "a_clean", "b_clean", "target")}
+    out.update({k: [s[k] for s in samples] for k in ("prompt", "task", "degradations", "id")})
+    return out
+
+
+class TinyDM(L.LightningDataModule):
+    def setup(self, stage=None):
+        pass
+
+    def train_dataloader(self):
+        return DataLoader(TinyPairs(8), batch_size=4, shuffle=False, collate_fn=collate)
+
+    def val_dataloader(self):
+        return DataLoader(TinyPairs(4, seed=1), batch_size=4, collate_fn=collate)
+
+
+@pytest.fixture(scope="module")
+def text():
+    return TextEncoder()
+
+
+@pytest.fixture(scope="module")
+def codec():
+    c = LatentCodec("linear", 4, 16)
+    imgs = [collate([TinyPairs(8)[i] for i in range(8)])[k] for k in ("a", "b", "target")]
+    c.fit_linear(imgs)
+    c.measure_stats(imgs)
+    return c
+
+
+def cfg_for(tmp_path, *over):
+    return load([], ["model.hidden=64", "model.depth=2", "model.heads=2", "model.pe_grid=8",
+                     f"train.out_dir={tmp_path}", "train.warmup_steps=1", "train.val_every=2", "train.log_every=1",
+                     "train.val_batches=1", "train.ema_decay=0.9", "eval.profile=default", *over])
+
+
+def batch():
+    return collate([TinyPairs(8)[i] for i in range(4)])
+
+
+def test_frozen_parts_stay_out_of_optimizer_ema_and_state(tmp_path, codec, text):
+    m = build_module(cfg_for(tmp_path), codec, text)
+    own = {id(p) for p in m.parameters()}
+    assert not own & {id(p) for p in text.parameters()} and not own & {id(b) for b in codec.buffers()}
+    opt = m.configure_optimizers()["optimizer"]
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert in_opt == {id(p) for p in m.dit.parameters()}
+    assert [n for n, _ in m.ema.named_parameters()] == [n for n, _ in m.dit.named_parameters()]
+    assert not any(p.requires_grad for p in m.ema.parameters())
+    assert {k.split(".")[0] for k in m.state_dict()} == {"dit", "ema"}
+
+
+@pytest.mark.parametrize("variant", ["regression", "flow"])
+def test_both_variants_learn_a_fixed_batch(tmp_path, codec, text, variant):
+    torch.manual_seed(0)
+    m = build_module(cfg_for(tmp_path, f"train.variant={variant}", "model.hidden=32"),
+                     codec, text)
+    b = collate([TinyPairs(8)[i] for i in range(2)])
+    before = psnr(m.fuse(b["a"], b["b"], b["prompt"], steps=4, use_ema=False), b["target"]).item()
+    opt = torch.optim.AdamW(m.dit.parameters(), lr=5e-3)
+    losses = []
+    for step in range(40 if variant == "regression" else 100):  # flow has to learn to cancel its noise input
+        out = m.compute_loss(b, torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["latent"].item())
+    after = psnr(m.fuse(b["a"], b["b"], b["prompt"], steps=4, use_ema=False), b["target"]).item()
+    if variant == "regression":
+        assert min(losses[-5:]) < losses[0] / 10, (losses[0], losses[-5:])
+    else:
+        assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
+    assert after > before + 5, (before, after)
+
+
+def test_aux_loss_and_no_prompt_ablation(tmp_path, codec, text):
+    m = build_module(cfg_for(tmp_path, "train.aux_weight=0.1", "text.zero=true"), codec, text)
+    out = m.compute_loss(batch(), torch.Generator().manual_seed(0))
+    assert "aux" in out and out["aux"] > 0
+    out["loss"].backward()
+    assert m.dit.final.linear.weight.grad.abs().sum() > 0
+    pooled, tokens, _ = m.embed_text(["Remove the rain."])
+    assert pooled.abs().sum() == 0 and tokens.abs().sum() == 0
+
+
+def test_fuse_any_size(tmp_path, codec, text):
+    m = build_module(cfg_for(tmp_path, "train.variant=flow"), codec, text)
+    a, b = torch.rand(1, 3, 30, 45), torch.rand(1, 3, 30, 45)
+    out = m.fuse(a, b, ["Fuse."], steps=2)
+    assert out.shape == a.shape and 0 <= out.min() and out.max() <= 1
+
+
+def weights(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_train_resume_checkpoint_and_refusals(tmp_path, codec, text):
+    quiet = {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu"}
+    over = ["train.variant=flow", "train.max_steps=4", "train.name=full"]
+    full, _, run = run_training(cfg_for(tmp_path, *over), datamodule=TinyDM(), trainer_kwargs=quiet, log=lambda *_: None)
+    for f in ("config.yaml", "config.hash", "metrics.json", "checkpoints/last.ckpt", "codec/codec.json"):
+        assert (run / f).is_file(), f
+    assert list(run.glob("events.out.tfevents.*"))
+    assert "psnr" in (run / "metrics.json").read_text()
+
+    # interrupted at step 2, then resumed to 4: the same weights as the uninterrupted run
+    part = ["train.variant=flow", "train.name=part"]
+    run_training(cfg_for(tmp_path, *part, "train.max_steps=2"), datamodule=TinyDM(), trainer_kwargs=quiet,
+                 log=lambda *_: None)
+    with pytest.raises(ConfigError, match="refusing to resume"):
+        run_training(cfg_for(tmp_path, *part, "train.max_steps=4", "train.lr=1e-3"), resume="last",
+                     datamodule=TinyDM(), trainer_kwargs=quiet, log=lambda *_: None)
+    # max_steps is part of the config: resume under the same hash by keeping it, stopping early via max_steps
+    cfg = cfg_for(tmp_path, *part, "train.max_steps=2")
+    resumed, trainer, _ = run_training(cfg, resume="last", datamodule=TinyDM(),
+                                       trainer_kwargs={**quiet, "max_steps": 4}, log=lambda *_: None)
+    assert trainer.global_step == 4
+    wf, wr = weights(full), weights(resumed)
+    assert wf.keys() == wr.keys()
+    for k in wf:
+        torch.testing.assert_close(wr[k], wf[k], msg=k)
+
+    # inference round trip: plain-data load, same outputs; another codec is refused
+    ckpt = run / "checkpoints" / "last.ckpt"
+    meta = read_checkpoint(ckpt)["mmaif"]
+    assert meta["variant"] == "flow" and meta["config"]["train"]["name"] == "full" and meta["text"]["dim"] == 384
+    loaded = load_module(ckpt, text=text)
+    b = batch()
+    torch.testing.assert_close(loaded.fuse(b["a"], b["b"], b["prompt"], steps=2),
+                               full.fuse(b["a"], b["b"], b["prompt"], steps=2))
+    other = LatentCodec("linear", 4, 16)
+    other.fit_linear([torch.rand(2, 3, 32, 32)])
+    with pytest.raises(UserError, match="refusing to mix"):
+        load_module(ckpt, codec=other, text=text)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_crafted_pickle_is_refused_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "bad.ckpt"
+    with open(bad, "wb") as fh:
+        pickle.dump({"mmaif": {}, "state_dict": _Payload(str(marker))}, fh)
+    torch.save({"mmaif": {}, "x": _Payload(str(marker))}, tmp_path / "bad2.ckpt")
+    for path in (bad, tmp_path / "bad2.ckpt"):
+        with pytest.raises(UserError, match="refused"):
+            read_checkpoint(path)
+    assert not marker.exists()
