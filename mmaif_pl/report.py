@@ -1,6 +1,6 @@
 """`mmaif report`: evaluation JSONs of every variant and baseline -> one comparison table and plot data.
 
-Reads `metrics/<name>.json` (written by `mmaif evaluate --prepared`) and, for trained variants,
+Reads `metrics/<name>.json` (`mmaif evaluate --prepared ... --summary`, or its full `--json`) and, for trained variants,
 `runs/<variant>/train_summary.json` (steps, wall time, parameter count). Writes
 - `reports/ablation.md`: one row per variant / baseline: PSNR and SSIM to the target per task and
   their mean, the main reference-free fusion metrics, the delta of each ablation against the full model
@@ -52,7 +52,8 @@ def load_entries(metrics_dir: Path, runs_dir: Optional[Path]) -> dict[str, dict]
 
 
 def _get(entry: dict, task: Optional[str], metric: str) -> float:
-    src = entry["overall"] if task is None else entry["per_task"].get(task, {}).get("metrics", {})
+    block = entry["per_task"].get(task, {}) if task is not None else entry["overall"]
+    src = block.get("metrics", block)  # full evaluation JSON or its compact summary
     value = src.get(metric)
     return float(value) if value is not None else math.nan
 
@@ -119,13 +120,18 @@ def markdown(table: list[dict], entries: dict) -> str:
         lines += ["", "## Full models against the classical restoration + fusion baseline", "",
                   "Difference in PSNR to the target (dB), per task; positive means the model is better.", "",
                   "| model | baseline | " + " | ".join(TASKS) + " | mean |", "|---|---|" + "---|" * (len(TASKS) + 1)]
+        best = {t: max(_get(entries[b], t, "PSNR") for b in baselines) for t in TASKS}
+        references = {b: {t: _get(entries[b], t, "PSNR") for t in TASKS} for b in sorted(baselines)}
+        if len(baselines) > 1:
+            references["best baseline per task"] = best
         for model in FULL_MODELS:
             if model not in entries:
                 continue
-            for base in sorted(baselines):
-                deltas = [_get(entries[model], t, "PSNR") - _get(entries[base], t, "PSNR") for t in TASKS]
-                mean = mean_psnr(entries[model]) - mean_psnr(entries[base])
-                lines.append(f"| `{model}` | `{base}` | " + " | ".join(_fmt(d, signed=True) for d in deltas)
+            for base, psnr in references.items():
+                deltas = [_get(entries[model], t, "PSNR") - psnr[t] for t in TASKS]
+                mean = sum(deltas) / len(deltas)
+                label = f"`{base}`" if base in entries else base
+                lines.append(f"| `{model}` | {label} | " + " | ".join(_fmt(d, signed=True) for d in deltas)
                              + f" | {_fmt(mean, signed=True)} |")
     return "\n".join(lines) + "\n"
 

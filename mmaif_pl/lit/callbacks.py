@@ -60,10 +60,21 @@ class ImageGridLogger(L.Callback):
 
 
 class MetricsJSON(L.Callback):
-    """Write the latest `val/*` metrics (and the step) to a JSON file after each validation (atomic)."""
+    """After each validation: the latest `val/*` metrics (and the step) to a JSON file, and one row per
+    validation appended to a CSV beside it (the validation curve `dvc plots` draws). Both written atomically;
+    rows of earlier steps already in the CSV (a resumed run) are kept."""
 
-    def __init__(self, path: str | Path, prefix: str = "val/"):
+    def __init__(self, path: str | Path, prefix: str = "val/", curve_name: str = "val_curve.csv"):
         self.path, self.prefix = Path(path), prefix
+        self.curve = self.path.with_name(curve_name)
+
+    def _rows(self) -> list[dict]:
+        if not self.curve.is_file():
+            return []
+        import csv
+
+        with self.curve.open() as fh:
+            return list(csv.DictReader(fh))
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -72,3 +83,7 @@ class MetricsJSON(L.Callback):
                    if k.startswith(self.prefix) and math.isfinite(float(v))}
         metrics["step"] = trainer.global_step
         atomic_write_text(self.path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        rows = [r for r in self._rows() if int(r["step"]) < metrics["step"]] + [metrics]
+        fields = ["step"] + sorted({k for r in rows for k in r} - {"step"})
+        lines = [",".join(fields)] + [",".join(str(r.get(f, "")) for f in fields) for r in rows]
+        atomic_write_text(self.curve, "\n".join(lines) + "\n")

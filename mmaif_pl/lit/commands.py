@@ -163,7 +163,13 @@ def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs
     t0 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
     last = run_dir / "checkpoints" / "last.ckpt"
-    log(f"trained {tc.variant} '{tc.name}' to step {trainer.global_step} in {time.time() - t0:.0f}s: "
+    seconds = time.time() - t0
+    if trainer.is_global_zero:
+        summary = {"variant": tc.variant, "name": tc.name, "steps": trainer.global_step, "seconds": round(seconds, 1),
+                   "params": sum(p.numel() for p in module.dit.parameters() if p.requires_grad),
+                   "config_hash": digest}
+        atomic_write_text(run_dir / "train_summary.json", json.dumps(summary, indent=2) + "\n")
+    log(f"trained {tc.variant} '{tc.name}' to step {trainer.global_step} in {seconds:.0f}s: "
         f"checkpoint {last}, metrics {run_dir / 'metrics.json'}, TensorBoard {run_dir} (config hash {digest})")
     return module, trainer, run_dir
 

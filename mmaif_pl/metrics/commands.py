@@ -53,6 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", default="default", help=f"metric conventions: {', '.join(PROFILES)} (default: default)")
     p.add_argument("--json", type=Path, required=True, help="write the results here")
     p.add_argument("--csv", type=Path, help="also write the per-image rows here")
+    p.add_argument("--summary", type=Path,
+                   help="also write a compact JSON (overall and per-task means only): what `dvc metrics` tracks")
     p.add_argument("--device", default="cpu", help="torch device for the metrics (cpu, cuda)")
     p.set_defaults(func=run)
 
@@ -251,6 +253,12 @@ def evaluate(items: list[dict], profile: str, prepared: bool, inputs: dict, devi
     return result, rows, names
 
 
+def compact_summary(result: dict) -> dict:
+    """The headline numbers: means over all images and per task (NaN-free, numbers only)."""
+    per_task = {task: block["metrics"] for task, block in result["per_task"].items()}
+    return {"n_images": result["n_images"], "overall": result["overall"], "per_task": per_task}
+
+
 def run(args: argparse.Namespace) -> int:
     from ..config import atomic_write_text
 
@@ -275,6 +283,9 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(result, names))
     atomic_write_text(args.json, json.dumps(result, indent=1, allow_nan=False) + "\n")
     written = [str(args.json)]
+    if args.summary:
+        atomic_write_text(args.summary, json.dumps(compact_summary(result), indent=1, allow_nan=False) + "\n")
+        written.append(str(args.summary))
     if args.csv:
         atomic_write_text(args.csv, _csv_text(rows, names))
         written.append(str(args.csv))
