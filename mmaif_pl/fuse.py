@@ -43,7 +43,7 @@ def fuse_tiled(fn: Callable[[np.ndarray, np.ndarray], np.ndarray], a: np.ndarray
                tile: int, overlap: int) -> np.ndarray:
     """Apply `fn` (pair of HxWx3 -> HxWx3) on overlapping tiles and blend them with feathered weights."""
     H, W = a.shape[:2]
-    if H <= tile and W <= tile:
+    if tile <= 0 or (H <= tile and W <= tile):  # tile <= 0: always one pass
         return fn(a, b)
     if overlap >= tile:
         raise UserError(f"tile overlap ({overlap}) must be smaller than the tile ({tile})")
@@ -70,19 +70,47 @@ def keep_chroma_of(fused: np.ndarray, source: np.ndarray) -> np.ndarray:
     return np.clip(cv2.cvtColor(s, cv2.COLOR_YCrCb2RGB), 0.0, 1.0)
 
 
-class Fuser:
-    """A trained model ready to fuse pairs: `Fuser(ckpt)(a, b, prompt) -> fused` (numpy HxWx3 in [0, 1])."""
+def accelerate(module, compile_mode: Optional[str] = None, backend: str = "inductor",
+               channels_last: bool = False, codec_bf16: bool = False):
+    """Opt-in inference fast paths that keep the module's behaviour (weights, state_dict keys, outputs up to
+    float rounding): `torch.compile` of the sampling denoiser (the EMA DiT) and of a learned codec's encoder
+    and decoder (in place, `nn.Module.compile`; `compile_mode` e.g. "default", "reduce-overhead" for CUDA
+    graphs, "max-autotune"), channels-last memory for the codec's convolutions, and bf16 autocast for a
+    learned codec on GPU. All are off by default; each pays on GPU, none pays for the CPU preset (measured
+    in docs/speed.md)."""
+    ae = getattr(module.codec, "ae", None)
+    if channels_last and ae is not None:
+        ae.to(memory_format=torch.channels_last)
+    if compile_mode:
+        module.ema.compile(backend=backend, mode=None if compile_mode == "default" else compile_mode)
+        if ae is not None:
+            for part in (getattr(ae, "encoder", None), getattr(ae, "decoder", None)):
+                if part is not None:
+                    part.compile(backend=backend, mode=None if compile_mode == "default" else compile_mode)
+    module.codec_bf16 = codec_bf16
+    return module
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto", steps: Optional[int] = None,
+
+class Fuser:
+    """A trained model ready to fuse pairs: `Fuser(ckpt)(a, b, prompt) -> fused` (numpy HxWx3 in [0, 1]).
+
+    `checkpoint` may also be a FusionModule already in memory (tests, benchmarks). `compile` (a torch.compile
+    mode, e.g. "default") and `channels_last` switch on the fast paths of `accelerate`."""
+
+    def __init__(self, checkpoint, device: str = "auto", steps: Optional[int] = None,
                  tile: int = 512, overlap: int = 64, color: str = "model", seed: int = 0,
-                 codec_path: Optional[str] = None, bf16: Optional[bool] = None):
-        from .lit.fusion import load_module
+                 codec_path: Optional[str] = None, bf16: Optional[bool] = None,
+                 compile: Optional[str] = None, channels_last: bool = False):
+        from .lit.fusion import FusionModule, load_module
 
         if color not in COLOR_POLICIES:
             raise UserError(f"unknown colour policy '{color}'; valid: {', '.join(COLOR_POLICIES)}")
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if device == "auto" else device))
-        self.module = load_module(checkpoint, codec_path=codec_path).to(self.device)
+        module = checkpoint if isinstance(checkpoint, FusionModule) else load_module(checkpoint, codec_path=codec_path)
+        self.module = module.eval().to(self.device)
+        if compile or channels_last:
+            accelerate(self.module, compile, channels_last=channels_last)
         self.steps, self.tile, self.overlap, self.color, self.seed = steps, tile, overlap, color, seed
         self.bf16 = (self.device.type == "cuda") if bf16 is None else bf16
         self.variant = self.module.variant
@@ -143,7 +171,8 @@ def _jobs(args) -> list[tuple[str, Path, Path, str, Path]]:
 def cmd_fuse(args) -> int:
     jobs = _jobs(args)
     fuser = Fuser(args.checkpoint, device=args.device, steps=args.steps, tile=args.tile, overlap=args.overlap,
-                  color=args.color, seed=args.seed, codec_path=args.codec)
+                  color=args.color, seed=args.seed, codec_path=args.codec, compile=args.compile,
+                  channels_last=args.channels_last)
     start = time.perf_counter()
     for i, (name, pa, pb, prompt, dest) in enumerate(jobs, 1):
         a, b = read_image(pa), read_image(pb)
@@ -176,10 +205,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .png (one pair) or folder")
     p.add_argument("--prompt", help=f"text prompt (default: the split's, else '{DEFAULT_PROMPT}')")
     p.add_argument("--steps", type=int, help="flow sampling steps (default: the checkpoint's train.sample_steps)")
-    p.add_argument("--tile", type=int, default=512, help="largest side fused in one pass; larger images are tiled")
+    p.add_argument("--tile", type=int, default=512,
+                   help="largest side fused in one pass; larger images are tiled (0: never tile)")
     p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (feathered)")
     p.add_argument("--color", choices=COLOR_POLICIES, default="model", help="colour policy (default: model)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=int, default=0, help="noise seed of the flow sampler")
     p.add_argument("--codec", help="codec folder (default: the one named in the checkpoint)")
+    p.add_argument("--compile", metavar="MODE", help="torch.compile the denoiser and a learned codec "
+                   "(default | reduce-overhead | max-autotune); pays on GPU for many pairs of one size")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory for a learned codec (GPU)")
     p.set_defaults(func=cmd_fuse)

@@ -1,0 +1,227 @@
+"""Inference at any size and the fast paths: tiled vs untiled output, one-call encoding of both sources,
+compile / channels-last switches, memory of a large tiled fusion."""
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmaif_pl.config import load
+from mmaif_pl.fuse import Fuser, _starts, accelerate, fuse_tiled
+from mmaif_pl.lit.fusion import build_module
+from mmaif_pl.models.codec import LatentCodec
+from mmaif_pl.models.text import TextEncoder
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = ["model.hidden=64", "model.depth=2", "model.heads=2", "model.pe_grid=8"]
+
+
+def photo_pair(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A real photograph (a) and a blurred gray 'thermal' partner (b), HxWx3 float32."""
+    import cv2
+    import skimage.data
+
+    img = skimage.data.astronaut().astype(np.float32)[:size, :size] / 255
+    gray = cv2.GaussianBlur(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), (0, 0), 2)
+    return np.clip(img * 0.6, 0, 1), np.repeat(gray[..., None], 3, 2)
+
+
+def randomize(module, std=0.02):
+    with torch.no_grad():
+        for p in module.parameters():
+            if not p.any():
+                p.normal_(0, std)
+
+
+@pytest.fixture(scope="module")
+def text():
+    return TextEncoder()
+
+
+@pytest.fixture(scope="module")
+def module(text):
+    """A small regression model whose output depends on the content (random weights in place of the
+    zero-initialised ones; the output layer scaled so the fused latent has image-like magnitude)."""
+    torch.manual_seed(0)
+    a, b = photo_pair(512)
+    imgs = [torch.from_numpy(x.transpose(2, 0, 1).copy())[None] for x in (a, b)]
+    codec = LatentCodec("linear", 4, 16)
+    codec.fit_linear(imgs)
+    codec.measure_stats(imgs)
+    m = build_module(load([], SMALL), codec, text).eval()
+    randomize(m.ema)
+    with torch.no_grad():
+        m.ema.final.linear.weight.normal_(0, 0.1)
+    return m
+
+
+def test_encode_pair_is_two_encodes(module):
+    a, b = torch.rand(2, 1, 3, 64, 48).unbind(0)
+    za, zb = module.encode_pair(a, b)
+    torch.testing.assert_close(za, module.encode(a))
+    torch.testing.assert_close(zb, module.encode(b))
+
+
+def test_encode_pair_learned_codec_batch_invariant():
+    """The one-call path is exact for a conv autoencoder too (GroupNorm is per sample)."""
+    torch.manual_seed(0)
+    codec = LatentCodec("tiny", 4, 4, block_channels=[16, 16, 16], residual=False).eval()
+    a, b = torch.rand(2, 1, 3, 32, 32).unbind(0)
+    with torch.no_grad():
+        both = codec.encode(torch.cat([a, b]))
+        torch.testing.assert_close(both[:1], codec.encode(a), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(both[1:], codec.encode(b), rtol=1e-4, atol=1e-5)
+
+
+def test_tile_zero_means_one_pass():
+    calls = []
+
+    def fn(x, y):
+        calls.append(x.shape)
+        return (x + y) / 2
+
+    a, b = np.random.rand(2, 300, 200, 3).astype(np.float32)
+    np.testing.assert_allclose(fuse_tiled(fn, a, b, 0, 64), (a + b) / 2)
+    assert calls == [(300, 200, 3)]
+
+
+def block_mean(img: np.ndarray, f: int = 4) -> np.ndarray:
+    """Mean over aligned f x f blocks: the codec's own f-pixel patch structure averages out."""
+    h, w = img.shape[0] // f * f, img.shape[1] // f * f
+    return img[:h, :w].reshape(h // f, f, w // f, f, -1).mean((1, 3))
+
+
+def steps_across(diff: np.ndarray, axis: int) -> np.ndarray:
+    """Mean |first difference| of a difference image across `axis`, per column (axis=1) or row (axis=0)."""
+    d = np.abs(np.diff(diff.mean(2), axis=axis))
+    return d.mean(0 if axis == 1 else 1)
+
+
+def seam_ratio(diff: np.ndarray, edges: list[int], f: int = 4) -> float:
+    """Largest step of the (block-averaged) difference image across a tile border, in units of its
+    median step: about 1 when the borders are invisible in the difference."""
+    blocks = block_mean(diff, f)
+    worst = 0.0
+    for axis in (0, 1):
+        prof = steps_across(blocks, axis)
+        worst = max(worst, float(prof[[e // f - 1 for e in edges]].max() / (np.median(prof) + 1e-9)))
+    return worst
+
+
+def tile_edges(size: int, tile: int, overlap: int) -> list[int]:
+    starts = _starts(size, tile, tile - overlap)
+    return sorted({s for s in starts if s > 0} | {s + tile for s in starts if s + tile < size})
+
+
+def test_tiled_matches_untiled_without_seams(module):
+    """384 px: one pass vs four 256 px tiles (overlap 64, feathered). Same model; only the context each
+    tile sees differs (attention is global), so the outputs differ a little. A tile border would show as
+    a step in the difference image across the columns / rows where a tile starts or ends: those steps
+    must be like the steps elsewhere (the difference is measured on 4x4 blocks, the codec's patches)."""
+    a, b = photo_pair(384)
+    one = Fuser(module, device="cpu", tile=0)(a, b, "Remove the noise.")
+    tiled = Fuser(module, device="cpu", tile=256, overlap=64)(a, b, "Remove the noise.")
+    assert one.shape == tiled.shape == a.shape
+    assert one.std() > 0.05, "the test model should produce structured output"
+    diff = tiled - one
+    assert np.abs(diff).mean() < 0.02, np.abs(diff).mean()
+    assert np.abs(diff).max() < 0.25, np.abs(diff).max()
+    edges = tile_edges(384, 256, 64)
+    assert edges == [128, 256]
+    assert seam_ratio(diff, edges) < 2.5, seam_ratio(diff, edges)
+
+
+def test_feathering_hides_context_dependent_tiles():
+    """The worst case of global context: each tile's output carries an offset that depends on the whole
+    tile. Feathered blending turns the offsets into ramps (no step at any border); flat weights leave
+    steps. This is what keeps a model's tile-to-tile disagreement from showing as seams."""
+    a, b = photo_pair(384)
+
+    def context_fn(x, y):
+        return (x + y) / 2 + 0.5 * (x.mean() - y.mean())
+
+    exact = (a + b) / 2 + 0.5 * (a.mean() - b.mean())
+    edges = tile_edges(384, 256, 64)
+
+    def max_step(out):
+        d = (out - exact).mean(2)
+        return max(np.abs(np.diff(d, axis=0)).max(), np.abs(np.diff(d, axis=1)).max())
+
+    feathered = max_step(fuse_tiled(context_fn, a, b, 256, 64))
+    flat = max_step(fuse_tiled(context_fn, a, b, 256, 0))  # overlap 0: equal weights, hard tile edges
+    assert flat > 1e-3, "the tiles should disagree"
+    assert feathered < flat / 8, (feathered, flat)
+    assert edges == [128, 256]
+
+
+def test_flow_tiles_share_the_noise_seed(text):
+    """Flow sampling draws its noise per tile from the same seed: tiled output stays deterministic."""
+    torch.manual_seed(0)
+    codec = LatentCodec("linear", 4, 16)
+    codec.linear.basis.copy_(torch.linalg.qr(torch.randn(48, 16))[0].T)
+    m = build_module(load([], SMALL + ["train.variant=flow"]), codec, text).eval()
+    randomize(m.ema)
+    a, b = photo_pair(200)
+    f = Fuser(m, device="cpu", tile=128, overlap=32, steps=2)
+    np.testing.assert_array_equal(f(a, b), f(a, b))
+
+
+def test_compile_and_channels_last_keep_outputs(text):
+    """The GPU fast paths are switchable and do not break (or change) CPU inference. The `eager` backend
+    traces the model with dynamo (graph breaks, guards) without paying for code generation here."""
+    torch.manual_seed(0)
+    codec = LatentCodec("tiny", 4, 16, block_channels=[16, 16, 16]).eval()
+    codec.linear.basis.copy_(torch.linalg.qr(torch.randn(48, 16))[0].T)
+    m = build_module(load([], SMALL), codec, text).eval()
+    randomize(m.ema)
+    a, b = torch.rand(2, 1, 3, 64, 64).unbind(0)
+    ref = m.fuse(a, b, ["Remove the haze."])
+    keys = set(m.state_dict())
+    accelerate(m, "default", backend="eager", channels_last=True)
+    out = m.fuse(a, b, ["Remove the haze."])
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    assert set(m.state_dict()) == keys  # checkpoints stay loadable
+    m.codec_bf16 = True  # a no-op on CPU: the codec stays in float32 there
+    torch.testing.assert_close(m.fuse(a, b, ["Remove the haze."]), ref, rtol=1e-4, atol=1e-5)
+
+
+MEMORY_SCRIPT = textwrap.dedent("""
+    import json, resource, sys, numpy as np, torch
+    from mmaif_pl.config import load
+    from mmaif_pl.fuse import Fuser
+    from mmaif_pl.lit.fusion import build_module
+    from mmaif_pl.models.codec import LatentCodec
+    from mmaif_pl.models.text import TextEncoder
+    size = int(sys.argv[1])
+    torch.manual_seed(0)
+    codec = LatentCodec("linear", 4, 16)
+    codec.linear.basis.copy_(torch.linalg.qr(torch.randn(48, 16))[0].T)
+    cfg = load([], ["model.hidden=32", "model.depth=1", "model.heads=2", "model.pe_grid=8"])
+    fuser = Fuser(build_module(cfg, codec, TextEncoder()), device="cpu", tile=256, overlap=32)
+    small = np.random.rand(256, 256, 3).astype(np.float32)
+    fuser(small, small)  # every one-off allocation (model, text, oneDNN) before the baseline
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    a = np.random.rand(size, size, 3).astype(np.float32)
+    b = np.random.rand(size, size, 3).astype(np.float32)
+    out = fuser(a, b)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"before_mb": before, "after_mb": after, "shape": list(out.shape)}))
+""")
+
+
+def test_large_tiled_fusion_memory_is_image_buffers_only():
+    """A 1536 px pair through 256 px tiles: peak memory grows by the image-sized buffers (sources, the
+    accumulator, the weights, the output: under 12 float32 images), not with the number of tiles.
+    The 4096 px figure (< 8 GB on CPU) is measured by benchmarks/latency.py --size 4096 (docs/speed.md)."""
+    size = 1536
+    res = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(size)], capture_output=True, text=True,
+                         cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    assert info["shape"] == [size, size, 3]
+    image_mb = size * size * 3 * 4 / 2**20
+    assert info["after_mb"] - info["before_mb"] < 12 * image_mb, info
