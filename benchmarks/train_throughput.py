@@ -1,0 +1,191 @@
+"""Training throughput (images/s) at 256x256 crops, and which part limits it.
+
+    python benchmarks/train_throughput.py                          # GPU: the B preset, gpu.yaml; CPU: tiny
+    python benchmarks/train_throughput.py --device cpu --preset tiny --batch 4 --steps 3
+    python benchmarks/train_throughput.py --device cuda --preset B --workers 12 --json out.json
+
+Four measurements, each a median over timed steps after warm-up:
+  data     the DataModule's training loader (crop, flip, degrade both sources, target, prompt; N workers)
+  codec    encoding the batch's three images (a, b, target) in one frozen-codec call
+  dit      forward + backward + AdamW step + EMA update of the DiT on latents already on the device
+  train    the real loop: loader batch -> device -> FusionModule.compute_loss (codec, text, DiT, loss)
+           -> backward -> clip -> AdamW -> EMA, as Lightning's training_step/optimizer_step run it
+The model sits on the device (codec + DiT run one after the other), so its ceiling is
+1 / (1/codec + 1/dit); the loader runs in parallel worker processes. The limit is the smaller of the
+loader's rate and that ceiling, and within the model the part that takes longer. Random weights (rates do
+not depend on them); on GPU the DiT runs under bf16 autocast (train.precision auto = bf16-mixed).
+Without --root, a dataset of 320x320 photographs is written to a temporary folder (the embedded default's
+pairs are too small for 256 crops). JSON: {"device", "preset", "batch", "crop", "workers", "images_per_s":
+{"data", "codec", "dit", "model", "train"}, "limit"}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from mmaif_pl import config  # noqa: E402
+
+
+def rate(fn, n_images: int, steps: int, warmup: int, sync) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return n_images / statistics.median(times)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--preset", help="model preset (default: B on GPU, tiny on CPU)")
+    p.add_argument("-c", "--config", action="append", help="YAML configs (default: base + scale/gpu or scale/cpu)")
+    p.add_argument("--batch", type=int, help="batch size (default: the config's data.batch_size)")
+    p.add_argument("--crop", type=int, default=256)
+    p.add_argument("--workers", type=int, help="loader workers (default: the config's data.num_workers)")
+    p.add_argument("--steps", type=int, help="timed steps per part (default: 20 GPU, 3 CPU)")
+    p.add_argument("--warmup", type=int, help="untimed steps per part (default: 5 GPU, 1 CPU)")
+    p.add_argument("--root", help="dataset root with pairs of at least --crop pixels (default: a temporary one)")
+    p.add_argument("--variant", default="regression", choices=["regression", "flow"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the DiT (GPU)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 gives stable figures on a busy machine)")
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = p.parse_args(argv)
+
+    from data_throughput import make_dataset
+    from latency import cpu_name, randomize
+
+    from mmaif_pl.data.datamodule import FusionDataModule
+    from mmaif_pl.lit.callbacks import update_ema
+    from mmaif_pl.lit.fusion import build_module
+    from mmaif_pl.models.codec import LatentCodec
+    from mmaif_pl.models.text import TextEncoder
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    gpu = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    files = args.config or [str(REPO / "experiments/base.yaml"), str(REPO / f"experiments/scale/{'gpu' if gpu else 'cpu'}.yaml")]
+    steps = args.steps or (20 if gpu else 3)
+    warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
+    tmp = tempfile.TemporaryDirectory()
+    root = Path(args.root) if args.root else Path(tmp.name) / "data"
+    if not args.root:
+        make_dataset(root, size=max(320, args.crop + 64))
+    over = [f"data.root={root}", f"data.crop={args.crop}", "data.buckets=[[1,1]]", f"train.variant={args.variant}",
+            f"model.preset={args.preset or ('B' if gpu else 'tiny')}", f"data.samples_per_epoch=100000"]
+    if args.batch:
+        over.append(f"data.batch_size={args.batch}")
+    if args.workers is not None:
+        over.append(f"data.num_workers={args.workers}")
+    cfg = config.load(files, over + list(args.overrides))
+    bs, workers = int(cfg.data.batch_size), int(cfg.data.num_workers)
+    name = torch.cuda.get_device_name(device) if gpu else cpu_name()
+    bf16 = gpu and torch.cuda.is_bf16_supported()
+    print(f"device: {name}; preset {cfg.model.preset}, codec {cfg.codec.kind} f{cfg.codec.factor}x{cfg.codec.channels}, "
+          f"batch {bs} x {args.crop}px, {workers} loader workers, bf16 {bf16}; random weights")
+
+    torch.manual_seed(0)
+    codec = LatentCodec.from_config(cfg.codec) if cfg.codec.kind != "pretrained" else LatentCodec.load(cfg.codec.path)
+    if codec.linear is not None:
+        codec.linear.basis.copy_(torch.linalg.qr(torch.randn(codec.linear.basis.shape[1], codec.channels))[0].T)
+    module = build_module(cfg, codec, TextEncoder(cfg.text.encoder, cfg.text.max_length, cfg.text.normalize))
+    randomize(module.dit)
+    module = module.to(device).train()
+    module._frozen_to_device()
+    if args.compile:
+        module.dit.compile()
+    opt = module.configure_optimizers()["optimizer"]
+    sync = (lambda: torch.cuda.synchronize(device)) if gpu else (lambda: None)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    # -- data ------------------------------------------------------------------------------------------
+    dm = FusionDataModule(cfg)
+    dm.setup("fit")
+    loader = iter(dm.train_dataloader())
+    batches = [next(loader) for _ in range(max(2, workers) + warmup)]  # workers started, first batches out
+    data_rate = rate(lambda: next(loader), bs, max(steps, 2 * max(workers, 1)), 0, lambda: None)
+
+    def to_dev(batch):
+        return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    batch = to_dev(batches[0])
+    module.embed_text([p for b in batches for p in b["prompt"]])  # warm the prompt cache like a long run would
+
+    # -- codec -----------------------------------------------------------------------------------------
+    images = torch.cat([batch["a"], batch["b"], batch["target"]])
+    codec_rate = rate(lambda: module.encode(images), bs, steps, warmup, sync)
+
+    # -- DiT step on ready latents ---------------------------------------------------------------------
+    with torch.no_grad():
+        z_a, z_b, z_gt = module.encode(images).chunk(3)
+    cond = module.embed_text(batch["prompt"])
+    gen = torch.Generator().manual_seed(0)
+
+    def dit_step():
+        with amp:
+            latent, balance, _, _ = module.latent_loss(z_a, z_b, z_gt, cond, gen)
+            loss = latent + cfg.model.balance_weight * balance
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.dit.parameters(), cfg.train.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        update_ema(module.ema, module.dit, 0.999)
+
+    dit_rate = rate(dit_step, bs, steps, warmup, sync)
+
+    # -- the whole loop ----------------------------------------------------------------------------------
+    def train_step():
+        b = to_dev(next(loader))
+        with amp:
+            loss = module.compute_loss(b, gen)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.dit.parameters(), cfg.train.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        update_ema(module.ema, module.dit, 0.999)
+
+    train_rate = rate(train_step, bs, steps, warmup, sync)
+
+    model_rate = 1 / (1 / codec_rate + 1 / dit_rate)
+    if data_rate < model_rate:
+        limit = f"data loader ({workers} workers: {data_rate:.0f} img/s < model {model_rate:.0f} img/s; add workers)"
+    else:
+        part = "codec encoding" if 1 / codec_rate > 1 / dit_rate else "DiT step"
+        share = max(1 / codec_rate, 1 / dit_rate) / (1 / codec_rate + 1 / dit_rate)
+        limit = f"{part} ({share:.0%} of the model's time on the device)"
+    res = {"data": data_rate, "codec": codec_rate, "dit": dit_rate, "model": model_rate, "train": train_rate}
+    print("images/s: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()))
+    print(f"training throughput {train_rate:.1f} images/s at {args.crop}x{args.crop}; limited by {limit}")
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"device": name, "preset": cfg.model.preset, "codec": f"{cfg.codec.kind} "
+                                   f"f{cfg.codec.factor}x{cfg.codec.channels}", "batch": bs, "crop": args.crop,
+                                   "workers": workers, "bf16": bf16, "variant": args.variant,
+                                   "images_per_s": {k: round(v, 2) for k, v in res.items()}, "limit": limit},
+                                  indent=1) + "\n")
+        print(f"wrote {out}")
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
