@@ -128,6 +128,8 @@ class ModelConfig:
     balance_weight: float = 0.01
     text_tokens: bool = False
     mlp_ratio: float = 4.0
+    # regression predicts a residual on the sources' latent mean; flow starts from noise around it
+    source_skip: bool = False
 
 
 @dataclass

@@ -195,3 +195,24 @@ def test_crafted_pickle_is_refused_not_run(tmp_path):
         with pytest.raises(UserError, match="refused"):
             read_checkpoint(path)
     assert not marker.exists()
+
+
+def test_source_skip_makes_the_untrained_regression_model_average_fusion():
+    """With `model.source_skip` and the zero-initialised output layer, step 0 predicts the latent mean."""
+    import torch
+    from mmaif_pl.config import load
+    from mmaif_pl.lit.fusion import RegressionFusion
+    from mmaif_pl.models.codec import LatentCodec
+    from mmaif_pl.models.text import TextEncoder
+
+    cfg = load([], ["model.source_skip=true"])
+    codec = LatentCodec(kind="linear", factor=4, channels=16)
+    codec.fit_linear([torch.rand(2, 3, 32, 32)])
+    module = RegressionFusion(cfg, codec, TextEncoder())
+    z_a, z_b = torch.randn(1, 16, 8, 8), torch.randn(1, 16, 8, 8)
+    cond = module.embed_text(["Remove the rain."])
+    z_hat, _ = module.predict(z_a, z_b, cond)
+    assert torch.allclose(z_hat, (z_a + z_b) / 2)
+    cfg_off = load([], ["model.source_skip=false"])
+    z_off, _ = RegressionFusion(cfg_off, codec, TextEncoder()).predict(z_a, z_b, cond)
+    assert torch.allclose(z_off, torch.zeros_like(z_off))

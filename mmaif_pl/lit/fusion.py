@@ -251,28 +251,45 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def source_prior(cfg, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor | float:
+    """The latent both variants start from: the mean of the source latents, or 0 without `source_skip`."""
+    return (z_a + z_b) / 2 if cfg.model.get("source_skip", False) else 0.0
+
+
 # ----------------------------------------------------------------------------------------------------
 # The two variants
 # ----------------------------------------------------------------------------------------------------
 
 
 class RegressionFusion(FusionModule):
-    """One pass, no timestep: z_hat = f(z_a, z_b, c); loss = MSE(z_hat, z_gt)."""
+    """One pass, no timestep: z_hat = prior + f(z_a, z_b, c); loss = MSE(z_hat, z_gt).
+
+    prior = (z_a + z_b) / 2 with `model.source_skip` (else 0): with the zero-initialised output layer the
+    untrained model is exactly average fusion, and the DiT learns the correction (what to select, what to
+    restore) instead of re-synthesising the whole latent."""
 
     variant, n_inputs, timestep = "regression", 2, False
 
+    def predict(self, z_a, z_b, cond, model=None):
+        out, balance = self.denoiser(torch.cat([z_a, z_b], 1), *cond, model=model)
+        return source_prior(self.cfg, z_a, z_b) + out.float(), balance
+
     def latent_loss(self, z_a, z_b, z_gt, cond, generator, model=None):
-        z_hat, balance = self.denoiser(torch.cat([z_a, z_b], 1), *cond, model=model)
+        z_hat, balance = self.predict(z_a, z_b, cond, model)
         keep = torch.ones(z_hat.shape[0], dtype=torch.bool, device=z_hat.device)
-        return F.mse_loss(z_hat.float(), z_gt), balance, z_hat, keep
+        return F.mse_loss(z_hat, z_gt), balance, z_hat, keep
 
     def sample(self, z_a, z_b, cond, steps=None, generator=None, model=None):
-        return self.denoiser(torch.cat([z_a, z_b], 1), *cond, model=model)[0].float()
+        return self.predict(z_a, z_b, cond, model)[0]
 
 
 class FlowFusion(FusionModule):
     """Rectified flow in latent space: z_t = (1 - t) noise + t z_gt, v = f(z_t, t, z_a, z_b, c),
-    loss = MSE(v, z_gt - noise); sampled with Euler from t = 0 (noise) to 1 in `sample_steps` steps."""
+    loss = MSE(v, z_gt - noise); sampled with Euler from t = 0 (noise) to 1 in `sample_steps` steps.
+
+    With `model.source_skip` the noise is centred on the sources' latent mean, noise = (z_a + z_b) / 2 + e,
+    e ~ N(0, I): the flow transports a source-informed prior to the data, so a one-step sample already
+    starts from average fusion (t = 0 is still the noisy end)."""
 
     variant, n_inputs, timestep = "flow", 3, True
 
@@ -288,7 +305,7 @@ class FlowFusion(FusionModule):
         self.path = LinearPath()
 
     def latent_loss(self, z_a, z_b, z_gt, cond, generator, model=None):
-        noise = torch.randn(z_gt.shape, generator=generator).to(z_gt)
+        noise = torch.randn(z_gt.shape, generator=generator).to(z_gt) + source_prior(self.cfg, z_a, z_b)
         t = self.t_sampler(z_gt.shape[0], generator).to(z_gt)
         ps = self.path.sample(z_gt, noise, t)
         v, balance = self.denoiser(torch.cat([ps.z_t, z_a, z_b], 1), *cond, t=t, model=model)
@@ -297,7 +314,7 @@ class FlowFusion(FusionModule):
 
     def sample(self, z_a, z_b, cond, steps=None, generator=None, model=None):
         steps = steps or self.cfg.train.sample_steps
-        noise = torch.randn(z_a.shape, generator=generator).to(z_a)
+        noise = torch.randn(z_a.shape, generator=generator).to(z_a) + source_prior(self.cfg, z_a, z_b)
 
         def velocity(z, t):
             return self.denoiser(torch.cat([z, z_a, z_b], 1), *cond, t=t, model=model)[0].float()
