@@ -4,6 +4,7 @@
     python benchmarks/latency.py --device cpu --size 512 --variant regression
     python benchmarks/latency.py --device cuda --preset B -c experiments/scale/gpu.yaml --codec-bf16 --json out.json
     python benchmarks/latency.py --checkpoint runs/regression/checkpoints/last.ckpt --size 1024
+    python benchmarks/latency.py --codec-dir checkpoints/codec --size 1024     # trained codec, random DiT
 
 What is timed: `FusionModule.fuse` on tensors already on the device (the model is loaded and warmed up
 first; loading, PNG I/O and host transfers are excluded), with a synchronised timer around each part
@@ -84,7 +85,7 @@ def randomize(module: torch.nn.Module, std: float = 0.02) -> None:
                 p.normal_(0, std)
 
 
-def build(cfg, variant: str, checkpoint: str | None):
+def build(cfg, variant: str, checkpoint: str | None, codec_dir: str | None = None):
     from mmaif_pl.lit.fusion import build_module, load_module
     from mmaif_pl.models.codec import LatentCodec
     from mmaif_pl.models.text import TextEncoder
@@ -94,8 +95,9 @@ def build(cfg, variant: str, checkpoint: str | None):
     cfg = config.load([], []) if cfg is None else cfg
     cfg.train.variant = variant
     torch.manual_seed(0)
-    if cfg.codec.kind == "pretrained":
-        codec = LatentCodec.load(cfg.codec.path)
+    if codec_dir or cfg.codec.kind == "pretrained":
+        codec = LatentCodec.load(codec_dir or cfg.codec.path)
+        cfg.codec.factor, cfg.codec.channels = codec.factor, codec.channels
     else:
         codec = LatentCodec.from_config(cfg.codec)
         if codec.linear is not None:  # an orthonormal random basis stands in for the PCA fit
@@ -195,6 +197,7 @@ def main(argv=None) -> int:
     p.add_argument("--preset", help="model preset (tiny | S | B | L); default: the config's")
     p.add_argument("-c", "--config", action="append", help="YAML configs (default: base + scale/cpu or scale/gpu)")
     p.add_argument("--checkpoint", help="time a trained checkpoint instead of random weights")
+    p.add_argument("--codec-dir", help="a trained codec folder (mmaif train-codec) in place of a random codec")
     p.add_argument("--tile", type=int, help="tile larger sizes at this side (default: 512 on CPU, 2048 on GPU; 0: never)")
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--warmup", type=int, help="untimed runs per setting (default: 2 CPU, 5 GPU)")
@@ -208,7 +211,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-baseline", action="store_true", help="skip the classical baseline")
     p.add_argument("--json", help="write the results here")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. codec.kind=tiny")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -226,7 +229,7 @@ def main(argv=None) -> int:
 
     results, header, baselines = [], None, {}
     for variant in args.variant:
-        module, weights = build(cfg, variant, args.checkpoint)
+        module, weights = build(cfg, variant, args.checkpoint, args.codec_dir)
         if args.checkpoint and module.variant != variant:
             continue
         module = module.to(device)

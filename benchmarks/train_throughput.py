@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="torch CPU threads (1 gives stable figures on a busy machine)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
 
     from data_throughput import make_dataset
     from latency import cpu_name, randomize
@@ -120,8 +120,13 @@ def main(argv=None) -> int:
     dm = FusionDataModule(cfg)
     dm.setup("fit")
     loader = iter(dm.train_dataloader())
-    batches = [next(loader) for _ in range(max(2, workers) + warmup)]  # workers started, first batches out
-    data_rate = rate(lambda: next(loader), bs, max(steps, 2 * max(workers, 1)), 0, lambda: None)
+    # drain what the workers prefetched at start-up (prefetch_factor 2 each), then time steady production
+    batches = [next(loader) for _ in range(2 * max(workers, 1) + warmup)]
+    n = max(steps, 4 * max(workers, 1))
+    t0 = time.perf_counter()
+    for _ in range(n):
+        next(loader)
+    data_rate = n * bs / (time.perf_counter() - t0)
 
     def to_dev(batch):
         return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}

