@@ -225,3 +225,25 @@ def test_large_tiled_fusion_memory_is_image_buffers_only():
     assert info["shape"] == [size, size, 3]
     image_mb = size * size * 3 * 4 / 2**20
     assert info["after_mb"] - info["before_mb"] < 12 * image_mb, info
+
+
+def test_fuse_command_tiles_a_large_pair(tmp_path, text):
+    """`mmaif fuse` end to end on a checkpoint: a pair larger than --tile, the fast-path flag accepted."""
+    from mmaif_pl.cli import main
+    from mmaif_pl.data.io import read_image, write_image
+
+    torch.manual_seed(0)
+    codec = LatentCodec("linear", 4, 16)
+    codec.linear.basis.copy_(torch.linalg.qr(torch.randn(48, 16))[0].T)
+    codec.save(tmp_path / "codec")
+    m = build_module(load([], SMALL + [f"codec.path={tmp_path / 'codec'}"]), codec, text)
+    randomize(m.ema)
+    torch.save({"state_dict": m.state_dict(), "mmaif": m.checkpoint_meta()}, tmp_path / "m.ckpt")
+    a, b = photo_pair(300)
+    write_image(tmp_path / "a.png", a)
+    write_image(tmp_path / "b.png", b[..., :1].repeat(3, 2))
+    rc = main(["fuse", "--checkpoint", str(tmp_path / "m.ckpt"), "--a", str(tmp_path / "a.png"), "--b",
+               str(tmp_path / "b.png"), "--out", str(tmp_path / "f.png"), "--tile", "192", "--overlap", "32",
+               "--channels-last", "--device", "cpu"])
+    assert rc == 0
+    assert read_image(tmp_path / "f.png").shape == (300, 300, 3)
