@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -140,16 +139,16 @@ def test_help_has_an_example(capsys):
 
 
 @pytest.mark.skipif(not TNO.is_dir(), reason="../shared/datasets/vif/TNO not present")
-def test_tno_average_fusion_runs_under_a_minute_with_sane_values(tmp_path):
+def test_tno_average_fusion_gives_sane_values(tmp_path):
+    """(Its speed, about 12 s for the 25 pairs on 2 idle cores, is a benchmark figure, not a test: see
+    `time mmaif evaluate --task vif ...` in docs/metrics.md.)"""
     vi, ir = list_images(TNO / "vi"), list_images(TNO / "ir")
     fused = tmp_path / "average"
     for stem in vi:
         write_image(fused / f"{stem}.png", (read_image(vi[stem]) + read_image(ir[stem])) / 2)
     out = tmp_path / "tno.json"
-    start = time.time()
     assert main(["evaluate", "--task", "vif", "--a", str(TNO / "vi"), "--b", str(TNO / "ir"), "--fused", str(fused),
                  "--json", str(out)]) == 0
-    assert time.time() - start < 60
     r = json.loads(out.read_text())
     m = r["overall"]
     assert r["n_images"] == 25
