@@ -216,8 +216,11 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     gpu = device.type == "cuda"
-    if args.threads:
+    if args.threads:  # on a busy machine, 1 thread avoids OpenMP threads spinning at barriers for a descheduled peer
+        import cv2
+
         torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
     files = args.config or [str(REPO / "experiments/base.yaml"), str(REPO / f"experiments/scale/{'gpu' if gpu else 'cpu'}.yaml")]
     overrides = list(args.overrides) + ([f"model.preset={args.preset}"] if args.preset else [])
     cfg = config.load(files, overrides) if not args.checkpoint else None
