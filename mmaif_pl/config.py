@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -20,6 +19,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
 
+from .atomic import atomic_write_text  # noqa: F401  (re-exported: callers import it from here)
 from .errors import ConfigError  # noqa: E402  (re-exported)
 
 
@@ -250,20 +250,6 @@ def config_hash(cfg: DictConfig | dict) -> str:
     data = to_container(cfg) if isinstance(cfg, DictConfig) else cfg
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_resolved(cfg: DictConfig, run_dir: str | os.PathLike) -> str:

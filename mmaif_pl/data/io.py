@@ -7,7 +7,6 @@ temporary name and renamed, so an interrupted run never leaves half an image beh
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..atomic import write_bytes_atomic  # noqa: F401  (re-exported)
 from ..errors import ImageReadError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -151,20 +151,6 @@ def encode_png(img: np.ndarray | torch.Tensor, bits: int = 8) -> bytes:
     if not ok:
         raise OSError("PNG encoding failed")
     return buf.tobytes()
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_image(path: str | os.PathLike, img: np.ndarray | torch.Tensor, bits: int = 8) -> Path:
