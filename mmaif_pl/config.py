@@ -130,6 +130,12 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     # regression predicts a residual on the sources' latent mean; flow starts from noise around it
     source_skip: bool = False
+    # flow: std of the Gaussian around that prior at t = 0 (latents are unit-scale per channel, so 1.0
+    # buries the sources; a small sigma makes the flow a short stochastic refinement of the prior)
+    prior_noise: float = 1.0
+    # flow: what the DiT outputs. velocity: v directly; data: the clean latent x1 (as a residual on the
+    # prior with source_skip), turned into v = (x1 - z_t) / (1 - t), so the net never has to copy the noise
+    prediction: str = "velocity"
 
 
 @dataclass

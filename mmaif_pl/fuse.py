@@ -100,7 +100,7 @@ class Fuser:
     def __init__(self, checkpoint, device: str = "auto", steps: Optional[int] = None,
                  tile: int = 512, overlap: int = 64, color: str = "model", seed: int = 0,
                  codec_path: Optional[str] = None, bf16: Optional[bool] = None,
-                 compile: Optional[str] = None, channels_last: bool = False):
+                 compile: Optional[str] = None, channels_last: bool = False, time_shift: Optional[float] = None):
         from .lit.fusion import FusionModule, load_module
 
         if color not in COLOR_POLICIES:
@@ -112,6 +112,7 @@ class Fuser:
         if compile or channels_last:
             accelerate(self.module, compile, channels_last=channels_last)
         self.steps, self.tile, self.overlap, self.color, self.seed = steps, tile, overlap, color, seed
+        self.time_shift = time_shift
         self.bf16 = (self.device.type == "cuda") if bf16 is None else bf16
         self.variant = self.module.variant
 
@@ -120,7 +121,7 @@ class Fuser:
         ta = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None].to(self.device)
         tb = torch.from_numpy(np.ascontiguousarray(b.transpose(2, 0, 1)))[None].to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            out = self.module.fuse(ta, tb, [prompt], steps=self.steps, seed=self.seed)
+            out = self.module.fuse(ta, tb, [prompt], steps=self.steps, seed=self.seed, shift=self.time_shift)
         return to_numpy(out.float())
 
     def __call__(self, a: np.ndarray, b: np.ndarray, prompt: str = DEFAULT_PROMPT) -> np.ndarray:
@@ -170,7 +171,8 @@ def _jobs(args) -> list[tuple[str, Path, Path, str, Path]]:
 
 def cmd_fuse(args) -> int:
     jobs = _jobs(args)
-    fuser = Fuser(args.checkpoint, device=args.device, steps=args.steps, tile=args.tile, overlap=args.overlap,
+    fuser = Fuser(args.checkpoint, device=args.device, steps=args.steps, time_shift=args.time_shift,
+                  tile=args.tile, overlap=args.overlap,
                   color=args.color, seed=args.seed, codec_path=args.codec, compile=args.compile,
                   channels_last=args.channels_last)
     start = time.perf_counter()
@@ -205,6 +207,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .png (one pair) or folder")
     p.add_argument("--prompt", help=f"text prompt (default: the split's, else '{DEFAULT_PROMPT}')")
     p.add_argument("--steps", type=int, help="flow sampling steps (default: the checkpoint's train.sample_steps)")
+    p.add_argument("--time-shift", type=float, metavar="S", help="flow: SD3 shift of the Euler schedule, > 1 "
+                   "spends more steps near the noise end (default: the checkpoint's train.time_shift)")
     p.add_argument("--tile", type=int, default=512,
                    help="largest side fused in one pass; larger images are tiled (0: never tile)")
     p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (feathered)")

@@ -190,6 +190,18 @@ def test_linear_path_endpoints_and_estimate():
     torch.testing.assert_close(path.clean_estimate(ps.z_t, ps.velocity, t), x1)
 
 
+
+def test_velocity_from_data_is_the_path_velocity_below_the_clamp():
+    """x-prediction: (x1 - z_t) / (1 - t) equals x1 - x0 on the path; near t = 1 the clamp keeps it finite."""
+    x1, x0 = torch.randn(4, 3, 5, 5), torch.randn(4, 3, 5, 5)
+    t = torch.tensor([0.0, 0.3, 0.9, 0.999])
+    ps = LinearPath().sample(x1, x0, t)
+    v = LinearPath.velocity_from_data(x1, ps.z_t, t, eps=0.05)
+    torch.testing.assert_close(v[:3], ps.velocity[:3])
+    torch.testing.assert_close(v[3], (x1 - ps.z_t)[3] / 0.05)
+    assert torch.isfinite(LinearPath.velocity_from_data(x1, x1, torch.ones(4))).all()
+
+
 @pytest.mark.parametrize("steps,shift", [(1, 1.0), (4, 1.0), (7, 3.0)])
 def test_euler_with_perfect_velocity_recovers_target(steps, shift):
     target, noise = torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6)

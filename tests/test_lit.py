@@ -216,3 +216,42 @@ def test_source_skip_makes_the_untrained_regression_model_average_fusion():
     cfg_off = load([], ["model.source_skip=false"])
     z_off, _ = RegressionFusion(cfg_off, codec, TextEncoder()).predict(z_a, z_b, cond)
     assert torch.allclose(z_off, torch.zeros_like(z_off))
+
+
+def flow_module(codec, *overrides):
+    from mmaif_pl.lit.fusion import FlowFusion
+
+    return FlowFusion(load([], ["train.variant=flow", "model.source_skip=true", *overrides]), codec, TextEncoder())
+
+
+def test_flow_starts_from_the_source_prior_with_prior_noise_spread():
+    """noise = (z_a + z_b) / 2 + sigma e: the start's mean is the prior and its spread is `model.prior_noise`;
+    sigma = 0 makes a one-step sample of the untrained model exactly average fusion; sigma < 0 is refused."""
+    codec = LatentCodec(kind="linear", factor=4, channels=16)
+    codec.fit_linear([torch.rand(2, 3, 32, 32)])
+    z_a, z_b = torch.randn(4, 16, 16, 16), torch.randn(4, 16, 16, 16)
+    prior = (z_a + z_b) / 2
+    for sigma in (1.0, 0.2):
+        module = flow_module(codec, f"model.prior_noise={sigma}")
+        spread = module.start(z_a, z_b, torch.Generator().manual_seed(0)) - prior
+        assert abs(spread.mean().item()) < 0.05 * sigma
+        assert spread.std().item() == pytest.approx(sigma, rel=0.05)
+    module = flow_module(codec, "model.prior_noise=0")
+    cond = module.embed_text(["Fuse the two exposures."])
+    assert torch.allclose(module.sample(z_a, z_b, cond, steps=1), prior)
+    with pytest.raises(UserError, match="model.prior_noise"):
+        flow_module(codec, "model.prior_noise=-0.1")
+
+
+def test_flow_data_prediction_starts_as_average_fusion_and_is_validated():
+    """`model.prediction=data` with source_skip: the untrained (zero output) model predicts x1 = prior, so a
+    one-step sample is average fusion whatever the start noise; an unknown prediction is refused by key."""
+    codec = LatentCodec(kind="linear", factor=4, channels=16)
+    codec.fit_linear([torch.rand(2, 3, 32, 32)])
+    z_a, z_b = torch.randn(2, 16, 8, 8), torch.randn(2, 16, 8, 8)
+    module = flow_module(codec, "model.prediction=data")
+    cond = module.embed_text(["Fuse the two exposures.", "Remove the rain."])
+    one_step = module.sample(z_a, z_b, cond, steps=1, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(one_step, (z_a + z_b) / 2)
+    with pytest.raises(UserError, match="model.prediction"):
+        flow_module(codec, "model.prediction=epsilon")

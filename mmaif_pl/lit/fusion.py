@@ -137,7 +137,7 @@ class FusionModule(L.LightningModule):
         """-> (latent loss, MoE balance loss, predicted clean latent or None, weights for the aux loss)."""
         raise NotImplementedError
 
-    def sample(self, z_a, z_b, cond, steps=None, generator=None, model=None) -> torch.Tensor:
+    def sample(self, z_a, z_b, cond, steps=None, generator=None, model=None, shift=None) -> torch.Tensor:
         raise NotImplementedError
 
     # -- shared training logic ------------------------------------------------------------------------
@@ -176,13 +176,13 @@ class FusionModule(L.LightningModule):
 
     @torch.no_grad()
     def fuse(self, a: torch.Tensor, b: torch.Tensor, prompts: list[str], steps: Optional[int] = None,
-             seed: int = 0, use_ema: bool = True) -> torch.Tensor:
+             seed: int = 0, use_ema: bool = True, shift: Optional[float] = None) -> torch.Tensor:
         """Fused images (same size as a, b; any size: padded to the model's multiple, cropped back)."""
         self._frozen_to_device()
         H, W = a.shape[-2:]
         z_a, z_b = self.encode_pair(_pad_to(a, self.multiple), _pad_to(b, self.multiple))
         gen = torch.Generator().manual_seed(seed)
-        z = self.sample(z_a, z_b, self.embed_text(prompts), steps, gen, self.ema if use_ema else self.dit)
+        z = self.sample(z_a, z_b, self.embed_text(prompts), steps, gen, self.ema if use_ema else self.dit, shift)
         return self.decode(z)[..., :H, :W].clamp(0, 1)
 
     def on_validation_epoch_start(self):
@@ -279,7 +279,7 @@ class RegressionFusion(FusionModule):
         keep = torch.ones(z_hat.shape[0], dtype=torch.bool, device=z_hat.device)
         return F.mse_loss(z_hat, z_gt), balance, z_hat, keep
 
-    def sample(self, z_a, z_b, cond, steps=None, generator=None, model=None):
+    def sample(self, z_a, z_b, cond, steps=None, generator=None, model=None, shift=None):
         return self.predict(z_a, z_b, cond, model)[0]
 
 
@@ -287,9 +287,16 @@ class FlowFusion(FusionModule):
     """Rectified flow in latent space: z_t = (1 - t) noise + t z_gt, v = f(z_t, t, z_a, z_b, c),
     loss = MSE(v, z_gt - noise); sampled with Euler from t = 0 (noise) to 1 in `sample_steps` steps.
 
-    With `model.source_skip` the noise is centred on the sources' latent mean, noise = (z_a + z_b) / 2 + e,
-    e ~ N(0, I): the flow transports a source-informed prior to the data, so a one-step sample already
-    starts from average fusion (t = 0 is still the noisy end)."""
+    With `model.source_skip` the noise is centred on the sources' latent mean,
+    noise = (z_a + z_b) / 2 + sigma e, e ~ N(0, I), sigma = `model.prior_noise`: the flow transports a
+    source-informed prior to the data, so a one-step sample already starts from average fusion (t = 0 is
+    still the noisy end). A small sigma turns the flow into a short refinement of that prior (a bridge
+    from the sources to the target, as in image-to-image flows) instead of a generator from scratch.
+
+    `model.prediction`: `velocity` (the DiT outputs v) or `data` (x-prediction, as JiT: the DiT outputs the
+    clean latent x1, a residual on the prior with source_skip, and v = (x1 - z_t) / (1 - t)). With data
+    prediction the network never has to reproduce the unit-variance noise of its input to form v, and
+    the untrained model is average fusion at every step count."""
 
     variant, n_inputs, timestep = "flow", 3, True
 
@@ -302,24 +309,42 @@ class FlowFusion(FusionModule):
             self.t_sampler = UniformTime()
         else:
             raise UserError(f"train.t_sampling must be logit_normal or uniform, got {tc.t_sampling!r}")
+        if self.cfg.model.get("prior_noise", 1.0) < 0:
+            raise UserError(f"model.prior_noise must be >= 0, got {self.cfg.model.prior_noise}")
+        self.prediction = self.cfg.model.get("prediction", "velocity")
+        if self.prediction not in ("velocity", "data"):
+            raise UserError(f"model.prediction must be velocity or data, got {self.prediction!r}")
         self.path = LinearPath()
 
+    def start(self, z_a, z_b, generator=None) -> torch.Tensor:
+        """The t = 0 sample: prior + sigma e."""
+        e = torch.randn(z_a.shape, generator=generator).to(z_a)
+        return source_prior(self.cfg, z_a, z_b) + self.cfg.model.get("prior_noise", 1.0) * e
+
+    def velocity(self, z_t, t, z_a, z_b, cond, model=None):
+        """v(z_t, t | sources, prompt), whichever quantity the DiT is trained to output."""
+        out, balance = self.denoiser(torch.cat([z_t, z_a, z_b], 1), *cond, t=t, model=model)
+        if self.prediction == "velocity":
+            return out.float(), balance
+        x1 = source_prior(self.cfg, z_a, z_b) + out.float()
+        return self.path.velocity_from_data(x1, z_t, t), balance
+
     def latent_loss(self, z_a, z_b, z_gt, cond, generator, model=None):
-        noise = torch.randn(z_gt.shape, generator=generator).to(z_gt) + source_prior(self.cfg, z_a, z_b)
+        noise = self.start(z_a, z_b, generator)
         t = self.t_sampler(z_gt.shape[0], generator).to(z_gt)
         ps = self.path.sample(z_gt, noise, t)
-        v, balance = self.denoiser(torch.cat([ps.z_t, z_a, z_b], 1), *cond, t=t, model=model)
-        z_hat = self.path.clean_estimate(ps.z_t, v.float(), t)
-        return F.mse_loss(v.float(), ps.velocity), balance, z_hat, t > 0.5  # aux only where z_hat is sharp
+        v, balance = self.velocity(ps.z_t, t, z_a, z_b, cond, model)
+        # the same clamp as the prediction keeps the target consistent near t = 1 (= z_gt - noise below it)
+        target = ps.velocity if self.prediction == "velocity" else self.path.velocity_from_data(z_gt, ps.z_t, t)
+        z_hat = self.path.clean_estimate(ps.z_t, v, t)
+        return F.mse_loss(v, target), balance, z_hat, t > 0.5  # aux only where z_hat is sharp
 
-    def sample(self, z_a, z_b, cond, steps=None, generator=None, model=None):
+    def sample(self, z_a, z_b, cond, steps=None, generator=None, model=None, shift=None):
         steps = steps or self.cfg.train.sample_steps
-        noise = torch.randn(z_a.shape, generator=generator).to(z_a) + source_prior(self.cfg, z_a, z_b)
+        shift = self.cfg.train.time_shift if shift is None else shift
+        noise = self.start(z_a, z_b, generator)
 
-        def velocity(z, t):
-            return self.denoiser(torch.cat([z, z_a, z_b], 1), *cond, t=t, model=model)[0].float()
-
-        return euler_sample(velocity, noise, steps, self.cfg.train.time_shift)
+        return euler_sample(lambda z, t: self.velocity(z, t, z_a, z_b, cond, model)[0], noise, steps, shift)
 
 
 VARIANTS = {"regression": RegressionFusion, "flow": FlowFusion}

@@ -38,6 +38,13 @@ class LinearPath:
         """One-step data estimate  x1_hat = z_t + (1 - t) v  (exact when v is the true velocity)."""
         return z_t + (1 - _expand(t, z_t)) * v
 
+    @staticmethod
+    def velocity_from_data(x1: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, eps: float = 0.05) -> torch.Tensor:
+        """u = (x1 - z_t) / (1 - t), the velocity that reaches x1 from z_t (x-prediction, as JiT).
+
+        1 - t is clamped at `eps` so the data end stays finite; below t = 1 - eps it is exact."""
+        return (x1 - z_t) / (1 - _expand(t, z_t)).clamp_min(eps)
+
 
 class UniformTime:
     """t ~ U(0, 1)."""
