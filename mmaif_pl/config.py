@@ -143,6 +143,8 @@ class TrainConfig:
     variant: str = "regression"  # regression | flow
     name: str = "regression"  # run name (TensorBoard folder, checkpoint folder)
     max_steps: int = 1000
+    # a variant's budget relative to the scale's max_steps (flow: 3), so one variant file fits every scale
+    steps_factor: float = 1.0
     max_time_minutes: Optional[float] = None
     lr: float = 3e-4
     weight_decay: float = 0.0

@@ -139,8 +139,11 @@ def weights(module):
 
 def test_train_resume_checkpoint_and_refusals(tmp_path, codec, text):
     quiet = {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu"}
-    over = ["train.variant=flow", "train.max_steps=4", "train.name=full"]
-    full, _, run = run_training(cfg_for(tmp_path, *over), datamodule=TinyDM(), trainer_kwargs=quiet, log=lambda *_: None)
+    # a variant's steps_factor multiplies the scale's max_steps: 2 x 2 = the 4 steps the resumed run reaches below
+    over = ["train.variant=flow", "train.max_steps=2", "train.steps_factor=2", "train.name=full"]
+    full, trainer, run = run_training(cfg_for(tmp_path, *over), datamodule=TinyDM(), trainer_kwargs=quiet,
+                                      log=lambda *_: None)
+    assert trainer.global_step == 4
     for f in ("config.yaml", "config.hash", "metrics.json", "checkpoints/last.ckpt", "codec/codec.json"):
         assert (run / f).is_file(), f
     assert list(run.glob("events.out.tfevents.*"))

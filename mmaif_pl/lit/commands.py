@@ -151,7 +151,10 @@ def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs
     logger = TensorBoardLogger(save_dir=tc.out_dir, name=tc.name, version="", default_hp_metric=False)
     ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
                               every_n_train_steps=tc.val_every, save_last=True, save_top_k=1)
-    kwargs = dict(max_steps=tc.max_steps, precision=_precision(tc.precision), accelerator=tc.accelerator,
+    if tc.steps_factor <= 0:
+        raise ConfigError(f"train.steps_factor must be > 0, got {tc.steps_factor}")
+    max_steps = max(1, round(tc.max_steps * tc.steps_factor))
+    kwargs = dict(max_steps=max_steps, precision=_precision(tc.precision), accelerator=tc.accelerator,
                   devices=tc.devices, strategy=tc.strategy, num_nodes=tc.num_nodes, gradient_clip_val=tc.grad_clip,
                   val_check_interval=tc.val_every, check_val_every_n_epoch=None, limit_val_batches=tc.val_batches,
                   log_every_n_steps=tc.log_every, logger=logger,
