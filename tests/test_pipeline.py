@@ -65,3 +65,23 @@ def test_smoke_pipeline_reproduces_and_restores_from_remote(tmp_path):
     _run("dvc pull -q", clone)
     assert "up to date" in _run("dvc status", clone)
     assert (clone / "runs" / "regression" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_committed_dvc_lock_matches_the_code_and_params():
+    """The committed results must be what HEAD's code and params produce: `dvc status` may report outputs
+    that are not here (a fresh clone before `dvc pull`), never a modified code dependency or params."""
+    out = subprocess.run([str(BIN / "dvc"), "status", "--json"], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    stale = []
+    for stage, changes in json.loads(out.stdout or "{}").items():
+        for change in changes if isinstance(changes, list) else []:
+            if not isinstance(change, dict):
+                stale.append(f"{stage}: {change}")  # e.g. "changed command"
+                continue
+            stale += [f"{stage}: {path} modified" for path, state in change.get("changed deps", {}).items()
+                      if state == "modified"]
+            if "changed params" in change:
+                stale.append(f"{stage}: params {change['changed params']}")
+    assert not stale, ("dvc.lock is stale, rerun the pipeline (`make ablation`) and commit dvc.lock, or "
+                       "`dvc commit` stages whose outputs cannot change:\n" + "\n".join(stale))
