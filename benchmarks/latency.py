@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mmaif_pl import config  # noqa: E402
-from mmaif_pl.fuse import Fuser, accelerate  # noqa: E402
+from mmaif_pl.fuse import Fuser, accelerate, resolve_device  # noqa: E402
 
 PROMPT = "The visible image is noisy and hazy."
 BASELINE_TASK, BASELINE_DEGRADATIONS = "vif", ["gaussian_noise", "haze"]
@@ -213,8 +213,7 @@ def main(argv=None) -> int:
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. codec.kind=tiny")
     args = p.parse_intermixed_args(argv)
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     gpu = device.type == "cuda"
     if args.threads:  # on a busy machine, 1 thread avoids OpenMP threads spinning at barriers for a descheduled peer
         import cv2

@@ -72,13 +72,13 @@ def main(argv=None) -> int:
     from latency import cpu_name, randomize
 
     from mmaif_pl.data.datamodule import FusionDataModule
+    from mmaif_pl.fuse import resolve_device
     from mmaif_pl.lit.callbacks import update_ema
     from mmaif_pl.lit.fusion import build_module
     from mmaif_pl.models.codec import LatentCodec
     from mmaif_pl.models.text import TextEncoder
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     gpu = device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -144,15 +144,18 @@ def main(argv=None) -> int:
     cond = module.embed_text(batch["prompt"])
     gen = torch.Generator().manual_seed(0)
 
-    def dit_step():
-        with amp:
-            latent, balance, _, _ = module.latent_loss(z_a, z_b, z_gt, cond, gen)
-            loss = latent + cfg.model.balance_weight * balance
+    def optimize(loss):  # what the Lightning loop does after the forward pass: backward, clip, step, EMA
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.dit.parameters(), cfg.train.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         update_ema(module.ema, module.dit, 0.999)
+
+    def dit_step():
+        with amp:
+            latent, balance, _, _ = module.latent_loss(z_a, z_b, z_gt, cond, gen)
+            loss = latent + cfg.model.balance_weight * balance
+        optimize(loss)
 
     dit_rate = rate(dit_step, bs, steps, warmup, sync)
 
@@ -161,11 +164,7 @@ def main(argv=None) -> int:
         b = to_dev(next(loader))
         with amp:
             loss = module.compute_loss(b, gen)["loss"]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.dit.parameters(), cfg.train.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        update_ema(module.ema, module.dit, 0.999)
+        optimize(loss)
 
     train_rate = rate(train_step, bs, steps, warmup, sync)
 

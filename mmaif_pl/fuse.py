@@ -91,6 +91,13 @@ def accelerate(module, compile_mode: Optional[str] = None, backend: str = "induc
     return module
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto`: the GPU when there is one, else the CPU; anything else as torch spells it (cpu, cuda:1)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 class Fuser:
     """A trained model ready to fuse pairs: `Fuser(ckpt)(a, b, prompt) -> fused` (numpy HxWx3 in [0, 1]).
 
@@ -105,8 +112,7 @@ class Fuser:
 
         if color not in COLOR_POLICIES:
             raise UserError(f"unknown colour policy '{color}'; valid: {', '.join(COLOR_POLICIES)}")
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if device == "auto" else device))
+        self.device = resolve_device(device)
         module = checkpoint if isinstance(checkpoint, FusionModule) else load_module(checkpoint, codec_path=codec_path)
         self.module = module.eval().to(self.device)
         if compile or channels_last:
