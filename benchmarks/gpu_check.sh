@@ -60,10 +60,10 @@ EOF
   TEXT=("text.encoder=$W/minilm")
 fi
 B=(--device cuda --preset B)
-L=() T=() CS=600 ACC=gpu KL="[128,256,512,512]" KLL=2 S4=4096 S1=1024
+L=() T=() CS=600 NW=12 ACC=gpu KL="[128,256,512,512]" KLL=2 S4=4096 S1=1024
 if [[ ${SMOKE:-0} == 1 ]]; then  # a CPU dry run of the plumbing (minutes): tiny model, tiny sizes, few steps
   B=(--device cpu --preset tiny) L=(--size 128 --repeats 1 --warmup 0) T=(--batch 2 --crop 128 --steps 1 --warmup 0)
-  CS=2 ACC=cpu KL="[16,16,16]" KLL=1 S4=512 S1=128
+  CS=2 NW=0 ACC=cpu KL="[16,16,16,16]" KLL=1 S4=512 S1=128
 fi
 
 # -- 1. latency: B preset, AutoencoderTiny f8x16 (experiments/scale/gpu.yaml), bf16, eager ----------------
@@ -72,14 +72,14 @@ step 130 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --json "$OUT
 # -- 2. training throughput of the B preset at 256 px ---------------------------------------------------------
 step 100 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 --steps 15 "${T[@]}" --json "$OUT/throughput.json" "${TEXT[@]}"
 
-# -- 3. codec quality: the same short training (600 steps, 128 px crops) of the fast preset and the SD-sized KL
+# -- 3. codec quality: the same short training (600 steps, 128 px crops, bf16-mixed) of the fast preset and the SD-sized KL
 step 25 $PY -c "from mmaif_pl.data.synth import build; build('$W/data', counts={'train': 32, 'test': 2}, log=lambda *a, **k: None)"
 CODEC=(-c experiments/base.yaml -c experiments/scale/gpu.yaml "data.root=$W/data" data.val_fraction=0.004
-       data.samples_per_epoch=16000 data.num_workers=12 codec.crop=128 codec.batch_size=16 codec.steps=$CS
+       data.samples_per_epoch=16000 data.num_workers=$NW codec.crop=128 codec.batch_size=4 codec.steps=$CS
        codec.fit_batches=16 train.accelerator=$ACC)
 step 40 $PY -m mmaif_pl.cli train-codec "${CODEC[@]}" codec.kind=linear --out "$W/codec_linear"
-step 80 $PY -m mmaif_pl.cli train-codec "${CODEC[@]}" --out "$W/codec_tiny"
-step 100 $PY -m mmaif_pl.cli train-codec "${CODEC[@]}" codec.kind=kl "codec.block_channels=$KL" \
+step 60 $PY -m mmaif_pl.cli train-codec "${CODEC[@]}" --out "$W/codec_tiny"
+step 120 $PY -m mmaif_pl.cli train-codec "${CODEC[@]}" codec.kind=kl "codec.block_channels=$KL" \
   codec.layers_per_block=$KLL --out "$W/codec_kl"
 $PY - "$W" "$OUT/codec_psnr.json" <<'EOF'
 import json, sys
@@ -87,15 +87,15 @@ from pathlib import Path
 w, out = Path(sys.argv[1]), Path(sys.argv[2])
 res = {k: json.loads((w / f"codec_{k}" / "metrics.json").read_text())
        for k in ("linear", "tiny", "kl") if (w / f"codec_{k}" / "metrics.json").is_file()}
-note = ("val PSNR (dB) on 128 px crops of the embedded default after 600 steps (batch 16) from the residual "
-        "initialisation (= the linear codec); the codec stage trains 20000 steps")
+note = ("val PSNR (dB) on 128 px crops of the embedded default after 600 steps (batch 4 pairs = 20 images, "
+        "bf16-mixed) from the residual initialisation (= the linear codec); the codec stage trains 20000 steps")
 out.write_text(json.dumps({"note": note, "codecs": res}, indent=1) + "\n")
 print({k: v.get("psnr") for k, v in res.items()})
 EOF
 
 # -- 4. the SD-sized AutoencoderKL's latency (what the fast preset saves) -------------------------------------
 step 60 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --size $S1 --steps 4 --no-baseline \
-  codec.kind=kl "codec.block_channels=$KL" codec.layers_per_block=$KLL --json "$OUT/latency_kl.json" "${TEXT[@]}"
+  codec.kind=kl codec.factor=8 "codec.block_channels=$KL" codec.layers_per_block=$KLL --json "$OUT/latency_kl.json" "${TEXT[@]}"
 
 # -- 5. a 4096 px pair through 2048 px tiles: peak GPU memory (target < 10 GB) --------------------------------
 step 60 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --size $S4 --variant regression --tile $((S4 / 2)) \

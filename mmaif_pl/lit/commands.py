@@ -75,7 +75,9 @@ def cmd_train_codec(args) -> int:
     out = Path(args.out or cfg.codec.path or Path(cfg.train.out_dir) / "codec")
     train_loader, val_loader = _codec_loaders(cfg)
     codec = LatentCodec.from_config(cfg.codec)
-    info = fit_codec(codec, cfg.codec, train_loader, {"accelerator": cfg.train.accelerator})
+    # the fusion training's precision rule (train.precision; "auto": bf16-mixed on a GPU that has it)
+    trainer_kwargs = {"accelerator": cfg.train.accelerator, "precision": _precision(cfg.train.precision)}
+    info = fit_codec(codec, cfg.codec, train_loader, trainer_kwargs)
     codec.save(out)
     metrics = {"psnr": round(evaluate_codec(codec, val_loader()), 3),
                "psnr_train": round(evaluate_codec(codec, train_loader(), 8), 3), **info, **codec.describe()}
