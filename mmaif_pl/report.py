@@ -4,7 +4,9 @@ Reads `metrics/<name>.json` (`mmaif evaluate --prepared ... --summary`, or its f
 `runs/<variant>/train_summary.json` (steps, wall time, parameter count). Writes
 - `reports/ablation.md`: one row per variant / baseline: PSNR and SSIM to the target per task and
   their mean, the main reference-free fusion metrics, the delta of each ablation against the full model
-  it ablates, training time and parameters; then the gap of each full model to the best baseline per task;
+  it ablates, training time and parameters; the seed noise of each full model trained with several seeds
+  (entries named `<model>-seed<N>`), and whether each ablation falls outside that seed range; then the gap
+  of each full model to the best baseline per task;
 - `reports/ablation.csv`: the same numbers, one row per entry (for `dvc plots`).
 """
 from __future__ import annotations
@@ -28,6 +30,22 @@ FULL_MODELS = ("regression", "flow")
 def _variant_of(name: str) -> str:
     """`flow-s16` -> `flow`: evaluation names carry the sampling steps after the variant."""
     return name.rsplit("-s", 1)[0] if name.rsplit("-s", 1)[-1].isdigit() else name
+
+
+def _replicate_of(name: str) -> Optional[str]:
+    """`regression-seed2` -> `regression`: the same model trained with another train.seed."""
+    base, sep, n = name.rpartition("-seed")
+    return base if sep and base and n.isdigit() else None
+
+
+def seed_groups(entries: dict) -> dict[str, list[str]]:
+    """Full models with seed replicates -> [model, model-seed1, ...] (present entries only)."""
+    groups: dict[str, list[str]] = {}
+    for name in sorted(entries):
+        base = _replicate_of(name)
+        if base is not None and base in entries:
+            groups.setdefault(base, [base]).append(name)
+    return groups
 
 
 def load_entries(metrics_dir: Path, runs_dir: Optional[Path]) -> dict[str, dict]:
@@ -70,17 +88,46 @@ def _fmt(x: float, digits: int = 2, signed: bool = False) -> str:
 
 
 def _reference_for(name: str, entries: dict) -> Optional[str]:
-    """The full model an entry is compared with: ablations -> regression, flow step counts -> flow."""
+    """The full model an entry is compared with: ablations -> regression, flow step counts -> flow,
+    seed replicates -> the model they replicate."""
     if name in FULL_MODELS or name.startswith("baseline"):
         return None
+    if _replicate_of(name) is not None:
+        return _replicate_of(name) if _replicate_of(name) in entries else None
     variant = _variant_of(name)
     if variant == "flow":
         return "flow" if name != "flow" and "flow" in entries else None
     return "regression" if "regression" in entries else None
 
 
+def _stats(values: list[float]) -> dict:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+    return {"n": n, "mean": mean, "std": std, "min": min(values), "max": max(values)}
+
+
+def seed_noise(entries: dict) -> dict[str, dict]:
+    """Per full model with replicates: statistics of mean PSNR (and per task) over its seeds."""
+    out = {}
+    for model, names in seed_groups(entries).items():
+        out[model] = {"names": names, "mean": _stats([mean_psnr(entries[n]) for n in names]),
+                      **{t: _stats([_get(entries[n], t, "PSNR") for n in names]) for t in TASKS}}
+    return out
+
+
+def _order(name: str) -> tuple:
+    if name in FULL_MODELS or _replicate_of(name) in FULL_MODELS:
+        return (0, _replicate_of(name) or name, name)
+    return (2 if name.startswith("baseline") else 1, name, name)
+
+
 def rows(entries: dict) -> list[dict]:
-    order = sorted(entries, key=lambda n: (0 if n in FULL_MODELS else 2 if n.startswith("baseline") else 1, n))
+    """One row per entry. Δ is against the reference's seed mean where it has replicates (a single run is
+    one draw of that noise); `seed_range` says whether an ablation's mean PSNR lies within, below or above
+    the range of the reference's seeds."""
+    noise = seed_noise(entries)
+    order = sorted(entries, key=_order)
     out = []
     for name in order:
         e = entries[name]
@@ -90,9 +137,14 @@ def rows(entries: dict) -> list[dict]:
             row[f"ssim_{t}"] = _get(e, t, "SSIM_gt")
         for m in REFERENCE_FREE:
             row[m] = _get(e, None, m)
-        ref = _reference_for(name, entries)
+        ref = name if name in noise else _reference_for(name, entries)  # a seeded model: against its seed mean
         row["reference"] = ref
-        row["delta_psnr"] = row["psnr_mean"] - mean_psnr(entries[ref]) if ref else math.nan
+        ref_mean = (noise[ref]["mean"]["mean"] if ref in noise else mean_psnr(entries[ref])) if ref else math.nan
+        row["delta_psnr"] = row["psnr_mean"] - ref_mean
+        row["seed_range"] = ""
+        if ref in noise and name != ref and _replicate_of(name) is None:
+            lo, hi = noise[ref]["mean"]["min"], noise[ref]["mean"]["max"]
+            row["seed_range"] = "below" if row["psnr_mean"] < lo else "above" if row["psnr_mean"] > hi else "within"
         train = e["train"] or {}
         row["params_m"] = train.get("params", math.nan) / 1e6 if train.get("params") else math.nan
         row["train_min"] = train.get("seconds", math.nan) / 60 if train.get("seconds") else math.nan
@@ -102,19 +154,38 @@ def rows(entries: dict) -> list[dict]:
 
 
 def markdown(table: list[dict], entries: dict) -> str:
+    noise = seed_noise(entries)
     lines = ["# Ablation on the embedded test split", "",
              "PSNR / SSIM are to the clean target; the reference-free metrics are means over all test samples "
              "(see docs/metrics.md). Δ is the change in mean PSNR against the full model the row ablates "
-             "(regression for `no-*`, flow at its default steps for `flow-s*`).", ""]
-    head = (["variant", "PSNR mean", "Δ"] + [f"PSNR {t}" for t in TASKS] + [f"SSIM {t}" for t in TASKS]
+             "(regression for `no-*`, flow at its default steps for `flow-s*`), against the mean of its seeds "
+             "where it was trained with several (`*-seed<N>`); 'seeds' says whether the row lies within, below "
+             "or above the range of those seeds.", ""]
+    head = (["variant", "PSNR mean", "Δ", "seeds"] + [f"PSNR {t}" for t in TASKS] + [f"SSIM {t}" for t in TASKS]
             + list(REFERENCE_FREE) + ["params (M)", "train (min)", "steps"])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
-        cells = ([f"`{r['name']}`", _fmt(r["psnr_mean"]), _fmt(r["delta_psnr"], signed=True)]
+        cells = ([f"`{r['name']}`", _fmt(r["psnr_mean"]), _fmt(r["delta_psnr"], signed=True), r["seed_range"] or "–"]
                  + [_fmt(r[f"psnr_{t}"]) for t in TASKS] + [_fmt(r[f"ssim_{t}"], 3) for t in TASKS]
                  + [_fmt(r[m], 3) for m in REFERENCE_FREE]
                  + [_fmt(r["params_m"]), _fmt(r["train_min"], 1), str(r["steps"] or "–")])
         lines.append("| " + " | ".join(cells) + " |")
+    for model, stats in noise.items():
+        m = stats["mean"]
+        inside = [r["name"] for r in table if r["reference"] == model and r["seed_range"] == "within"]
+        outside = [f"`{r['name']}` ({r['seed_range']})" for r in table
+                   if r["reference"] == model and r["seed_range"] in ("below", "above")]
+        lines += ["", f"## Seed noise of `{model}`", "",
+                  f"The same configuration trained with {m['n']} seeds (`train.seed`; data order and test split "
+                  f"fixed): " + ", ".join(f"`{n}`" for n in stats["names"]) + ".", "",
+                  "| PSNR | mean | std | min | max | range |", "|---|---|---|---|---|---|"]
+        for key, label in [("mean", "mean of tasks")] + [(t, t) for t in TASKS]:
+            s = stats[key]
+            lines.append(f"| {label} | {_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['min'])} | {_fmt(s['max'])} "
+                         f"| {_fmt(s['max'] - s['min'])} |")
+        lines += ["", f"Outside the seed range: {', '.join(outside) if outside else 'none'}. Within it (not "
+                      f"distinguishable from seed noise at one run each): "
+                      f"{', '.join(f'`{n}`' for n in inside) if inside else 'none'}."]
     baselines = [n for n in entries if n.startswith("baseline")]
     if baselines:
         lines += ["", "## Full models against the classical restoration + fusion baseline", "",
@@ -124,14 +195,15 @@ def markdown(table: list[dict], entries: dict) -> str:
         references = {b: {t: _get(entries[b], t, "PSNR") for t in TASKS} for b in sorted(baselines)}
         if len(baselines) > 1:
             references["best baseline per task"] = best
-        for model in FULL_MODELS:
-            if model not in entries:
-                continue
+        models = {f"`{m}`": {t: _get(entries[m], t, "PSNR") for t in TASKS} for m in FULL_MODELS if m in entries}
+        for m, stats in noise.items():
+            models[f"`{m}` (mean of {stats['mean']['n']} seeds)"] = {t: stats[t]["mean"] for t in TASKS}
+        for model, own in models.items():
             for base, psnr in references.items():
-                deltas = [_get(entries[model], t, "PSNR") - psnr[t] for t in TASKS]
+                deltas = [own[t] - psnr[t] for t in TASKS]
                 mean = sum(deltas) / len(deltas)
                 label = f"`{base}`" if base in entries else base
-                lines.append(f"| `{model}` | {label} | " + " | ".join(_fmt(d, signed=True) for d in deltas)
+                lines.append(f"| {model} | {label} | " + " | ".join(_fmt(d, signed=True) for d in deltas)
                              + f" | {_fmt(mean, signed=True)} |")
     return "\n".join(lines) + "\n"
 
