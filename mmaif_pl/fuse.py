@@ -107,14 +107,22 @@ class Fuser:
     def __init__(self, checkpoint, device: str = "auto", steps: Optional[int] = None,
                  tile: int = 512, overlap: int = 64, color: str = "model", seed: int = 0,
                  codec_path: Optional[str] = None, bf16: Optional[bool] = None,
-                 compile: Optional[str] = None, channels_last: bool = False, time_shift: Optional[float] = None):
+                 compile: Optional[str] = None, channels_last: bool = False, time_shift: Optional[float] = None,
+                 patch_shifts: int = 1):
         from .lit.fusion import FusionModule, load_module
+
+        from .models.dit import ensemble_shifts
 
         if color not in COLOR_POLICIES:
             raise UserError(f"unknown colour policy '{color}'; valid: {', '.join(COLOR_POLICIES)}")
         self.device = resolve_device(device)
         module = checkpoint if isinstance(checkpoint, FusionModule) else load_module(checkpoint, codec_path=codec_path)
         self.module = module.eval().to(self.device)
+        try:
+            ensemble_shifts(self.module.spec.patch, patch_shifts)
+        except ValueError as exc:
+            raise UserError(f"--patch-shifts: {exc}") from None
+        self.module.patch_shifts = patch_shifts
         if compile or channels_last:
             accelerate(self.module, compile, channels_last=channels_last)
         self.steps, self.tile, self.overlap, self.color, self.seed = steps, tile, overlap, color, seed
@@ -180,7 +188,7 @@ def cmd_fuse(args) -> int:
     fuser = Fuser(args.checkpoint, device=args.device, steps=args.steps, time_shift=args.time_shift,
                   tile=args.tile, overlap=args.overlap,
                   color=args.color, seed=args.seed, codec_path=args.codec, compile=args.compile,
-                  channels_last=args.channels_last)
+                  channels_last=args.channels_last, patch_shifts=args.patch_shifts)
     start = time.perf_counter()
     for i, (name, pa, pb, prompt, dest) in enumerate(jobs, 1):
         a, b = read_image(pa), read_image(pb)
@@ -215,6 +223,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="flow sampling steps (default: the checkpoint's train.sample_steps)")
     p.add_argument("--time-shift", type=float, metavar="S", help="flow: SD3 shift of the Euler schedule, > 1 "
                    "spends more steps near the noise end (default: the checkpoint's train.time_shift)")
+    p.add_argument("--patch-shifts", type=int, default=1, choices=(1, 2, 4), metavar="N",
+                   help="test-time ensemble of the DiT over N copies shifted by half a patch (1, 2 or 4; "
+                        "default 1): removes most of the patch-border block pattern, N x the DiT time")
     p.add_argument("--tile", type=int, default=512,
                    help="largest side fused in one pass; larger images are tiled (0: never tile)")
     p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (feathered)")

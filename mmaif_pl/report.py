@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -28,8 +29,9 @@ FULL_MODELS = ("regression", "flow")
 
 
 def _variant_of(name: str) -> str:
-    """`flow-s16` -> `flow`: evaluation names carry the sampling steps after the variant."""
-    return name.rsplit("-s", 1)[0] if name.rsplit("-s", 1)[-1].isdigit() else name
+    """`flow-s16` -> `flow`, `regression-ps2` -> `regression`: evaluation names carry the sampling steps
+    (`-s<N>`) and the patch-shift ensemble (`-ps<N>`) after the variant."""
+    return re.sub(r"(-p?s\d+)+$", "", name)
 
 
 def _replicate_of(name: str) -> Optional[str]:
@@ -158,7 +160,8 @@ def markdown(table: list[dict], entries: dict) -> str:
     lines = ["# Ablation on the embedded test split", "",
              "PSNR / SSIM are to the clean target; the reference-free metrics are means over all test samples "
              "(see docs/metrics.md). Δ is the change in mean PSNR against the full model the row ablates "
-             "(regression for `no-*`, flow at its default steps for `flow-s*`), against the mean of its seeds "
+             "(regression for `no-*`, flow at its default steps for `flow-s*`; `*-ps<N>` is the same model fused with "
+             "the N-copy patch-shift ensemble, `mmaif fuse --patch-shifts N`), against the mean of its seeds "
              "where it was trained with several (`*-seed<N>`); 'seeds' says whether the row lies within, below "
              "or above the range of those seeds.", ""]
     head = (["variant", "PSNR mean", "Δ", "seeds"] + [f"PSNR {t}" for t in TASKS] + [f"SSIM {t}" for t in TASKS]

@@ -1,10 +1,11 @@
 """FusionDiT and its layers (tiny preset, CPU), plus the flow-matching math."""
 import pytest
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from mmaif_pl.config import ModelConfig
-from mmaif_pl.models.dit import PRESETS, DiTSpec, FusionDiT
+from mmaif_pl.models.dit import PRESETS, DiTSpec, FusionDiT, ensemble_shifts, shift_ensemble
 from mmaif_pl.models.flow import LinearPath, LogitNormalTime, euler_sample, euler_times, time_shift
 from mmaif_pl.models.layers import (Attention, MoESwiGLU, NAFBlock, RoPE2D, apply_rope, balance_loss)
 
@@ -78,6 +79,31 @@ def test_gradient_reaches_every_parameter():
     (out.square().mean() + aux).backward()
     missing = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert not missing, missing
+
+
+def test_shift_ensemble_offsets_exactness_and_smoothing():
+    assert ensemble_shifts(2, 1) == [(0, 0)] and ensemble_shifts(2, 2) == [(0, 0), (1, 1)]
+    assert ensemble_shifts(4, 4) == [(0, 0), (0, 2), (2, 0), (2, 2)]
+    for patch, n in [(2, 3), (1, 2)]:
+        with pytest.raises(ValueError):
+            ensemble_shifts(patch, n)
+    x = torch.randn(2, 3, 6, 10)
+    # a shift-equivariant (pointwise) map is unchanged by the ensemble: the shift and its crop cancel
+    out, aux = shift_ensemble(lambda z: (z.square(), torch.tensor(1.0)), x, ensemble_shifts(2, 4))
+    torch.testing.assert_close(out, x.square())
+    assert aux.item() == 1.0
+
+    def blocky(z):  # a per-2x2-patch head, piecewise constant on the patch grid (padded like the DiT)
+        h, w = z.shape[-2:]
+        z = F.pad(z, (0, w % 2, 0, h % 2), mode="replicate")
+        return F.interpolate(F.avg_pool2d(z, 2), scale_factor=2, mode="nearest")[..., :h, :w], 0.0
+
+    ramp = torch.arange(8.0).expand(1, 1, 8, 8)  # a smooth horizontal ramp, step 1 per column
+    single, _ = shift_ensemble(blocky, ramp, ensemble_shifts(2, 1))
+    both, _ = shift_ensemble(blocky, ramp, ensemble_shifts(2, 2))
+    steps_single, steps_both = single.diff(dim=-1)[0, 0, 4], both.diff(dim=-1)[0, 0, 4]
+    assert steps_single.tolist() == [0, 2, 0, 2, 0, 2, 0]  # all change at the patch borders
+    assert steps_both[1:-1].tolist() == [1, 1, 1, 1, 1]    # the ensemble restores the ramp inside
 
 
 def names(model):

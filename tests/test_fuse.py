@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mmaif_pl.config import load
+from mmaif_pl.errors import UserError
 from mmaif_pl.fuse import Fuser, _starts, accelerate, fuse_tiled
 from mmaif_pl.lit.fusion import build_module
 from mmaif_pl.models.codec import LatentCodec
@@ -247,3 +248,27 @@ def test_fuse_command_tiles_a_large_pair(tmp_path, text):
                "--channels-last", "--device", "cpu"])
     assert rc == 0
     assert read_image(tmp_path / "f.png").shape == (300, 300, 3)
+
+
+
+def test_patch_shifts_run_the_dit_on_shifted_copies(module):
+    """The wiring of `--patch-shifts` (the smoothing itself: tests/test_dit.py, on a per-patch head): N DiT
+    passes per fusion, the extra ones on the latent shifted by half a patch; N = 1 is the plain pass."""
+    a, b = photo_pair(256)  # a 64 x 64 latent; a shift pads one cell at the top and / or left
+    expected = {1: [(64, 64)], 2: [(64, 64), (65, 65)], 4: [(64, 64), (64, 65), (65, 64), (65, 65)]}
+    grids = []
+    hook = module.ema.register_forward_hook(lambda mod, args, out: grids.append(tuple(args[0].shape[-2:])))
+    try:
+        out = {}
+        for n in (1, 2, 4):
+            grids.clear()
+            out[n] = Fuser(module, device="cpu", tile=0, patch_shifts=n)(a, b, "Remove the noise.")
+            assert sorted(grids) == expected[n], grids
+        with pytest.raises(UserError, match="--patch-shifts"):
+            Fuser(module, device="cpu", patch_shifts=3)
+    finally:
+        hook.remove()
+        module.patch_shifts = 1
+    assert out[2].shape == out[1].shape and not np.allclose(out[2], out[1])
+    module_again = Fuser(module, device="cpu", tile=0)(a, b, "Remove the noise.")
+    np.testing.assert_array_equal(module_again, out[1])  # the default is the single pass again

@@ -44,8 +44,8 @@ def test_smoke_pipeline_reproduces_and_restores_from_remote(tmp_path):
     # Smoke scale, and a subset of the matrix (enough to exercise matrix and foreach stages) to keep CI short.
     (repo / "params.yaml").write_text(
         "scale: smoke\nvariants: [regression, flow, no-prompt]\nevaluations:\n"
-        "  regression: {variant: regression, steps: 1}\n  flow: {variant: flow, steps: 2}\n"
-        "  flow-s1: {variant: flow, steps: 1}\n  no-prompt: {variant: no-prompt, steps: 1}\n")
+        "  regression: {variant: regression, steps: 1, shifts: 1}\n  flow: {variant: flow, steps: 2, shifts: 2}\n"
+        "  flow-s1: {variant: flow, steps: 1, shifts: 1}\n  no-prompt: {variant: no-prompt, steps: 1, shifts: 1}\n")
     assert "scale: cpu" in (REPO / "params.yaml").read_text()  # the real pipeline file is what we replaced
     _run(f"dvc remote add -f -d storage {remote} && mmaif data build --out data && dvc commit -q -f data.dvc", repo)
     _run("dvc repro", repo)

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..config import config_hash, to_container
 from ..errors import UserError
 from ..models.codec import LatentCodec, psnr
-from ..models.dit import DiTSpec, FusionDiT
+from ..models.dit import DiTSpec, FusionDiT, ensemble_shifts, shift_ensemble
 from ..models.flow import LinearPath, LogitNormalTime, UniformTime, euler_sample
 from ..models.text import TextEncoder
 from .callbacks import ema_decay, update_ema
@@ -126,11 +126,18 @@ class FusionModule(L.LightningModule):
             pooled, tokens = torch.zeros_like(pooled), torch.zeros_like(tokens)
         return pooled, tokens, mask
 
+    # Test-time patch-shift ensemble (models/dit.py: shift_ensemble): 1 (off), 2 or 4 DiT passes per call.
+    # Set by the Fuser (`mmaif fuse --patch-shifts`); the default 1 is what training and validation use.
+    patch_shifts = 1
+
     def denoiser(self, x, pooled, tokens, mask, t=None, model=None):
         model = model or self.dit
         if not self.spec.text_tokens:
             tokens = mask = None
-        return model(x, pooled, t, tokens, mask)
+        if self.patch_shifts == 1 or self.training:
+            return model(x, pooled, t, tokens, mask)
+        shifts = ensemble_shifts(self.spec.patch, self.patch_shifts)
+        return shift_ensemble(lambda z: model(z, pooled, t, tokens, mask), x, shifts)
 
     # -- variant API ----------------------------------------------------------------------------------
     def latent_loss(self, z_a, z_b, z_gt, cond, generator, model=None):

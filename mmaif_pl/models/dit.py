@@ -12,6 +12,10 @@
 
 Any latent grid works, square or not, seen or unseen in training: a grid that is not a multiple of p is
 padded (replicate) and cropped back, the per-block PE is resized, RoPE is computed for the grid.
+
+`shift_ensemble` (test time only): the per-token output head leaves a faint block pattern at the patch
+borders (p x codec-factor pixels); averaging the DiT over inputs shifted by p/2 latent cells moves those
+borders between the copies and is a small ensemble as well.
 """
 from __future__ import annotations
 
@@ -186,3 +190,24 @@ class FusionDiT(nn.Module):
             aux = aux + block_aux
         out = self.unpatchify(self.final(tokens[:, : h * w], c), h, w)
         return out[..., :H, :W], aux / len(self.blocks)
+
+
+def ensemble_shifts(patch: int, n: int) -> list[tuple[int, int]]:
+    """The (dy, dx) latent shifts of an n-copy patch-shift ensemble: 1 (none), 2 (diagonal) or 4 (all)."""
+    if n not in (1, 2, 4):
+        raise ValueError(f"patch shifts must be 1, 2 or 4, got {n}")
+    if n > 1 and patch < 2:
+        raise ValueError(f"a patch-shift ensemble needs model.patch >= 2 (this model's is {patch})")
+    h = patch // 2
+    return [(0, 0), (h, h)] if n == 2 else [(0, 0), (0, h), (h, 0), (h, h)] if n == 4 else [(0, 0)]
+
+
+def shift_ensemble(fn, x: torch.Tensor, shifts: list[tuple[int, int]]):
+    """mean_k shift_back(fn(shift(x, dy_k, dx_k))): fn maps a B x C x h x w latent to (same-grid output, aux);
+    a shift pads (dy, dx) replicated cells at the top / left, and its output is cropped back."""
+    outs, aux = [], 0.0
+    for dy, dx in shifts:
+        out, a = fn(F.pad(x, (dx, 0, dy, 0), mode="replicate") if dy or dx else x)
+        outs.append(out[..., dy:, dx:])
+        aux = aux + a
+    return torch.stack(outs).mean(0), aux / len(shifts)
