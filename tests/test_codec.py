@@ -141,7 +141,8 @@ def test_train_codec_command_trains_a_learned_codec_under_the_train_precision(tm
     monkeypatch.setattr("mmaif_pl.lit.codec.L.Trainer", RecordingTrainer)
     out = tmp_path / "codec"
     rc = main(["train-codec", "-c", "experiments/base.yaml", "-c", "experiments/scale/smoke.yaml",
-               f"data.root={embedded_data}", "codec.kind=tiny", "codec.block_channels=[8,8,8]",
+               f"data.root={embedded_data}", f"data.prepared={tmp_path / 'none'}", "data.val_fraction=0.2",
+               "codec.kind=tiny", "codec.block_channels=[8,8,8]",
                "codec.layers_per_block=1", "codec.steps=2", "codec.crop=32", "codec.batch_size=2",
                "train.precision=bf16-mixed", "--out", str(out)])
     assert rc == 0
