@@ -207,6 +207,8 @@ def main(argv=None) -> int:
     p.add_argument("--channels-last", action="store_true", help="channels-last codec convolutions")
     p.add_argument("--codec-bf16", action="store_true", help="run a learned codec under bf16 autocast (GPU)")
     p.add_argument("--no-bf16", action="store_true", help="GPU: keep the DiT in float32")
+    p.add_argument("--patch-shifts", type=int, default=1, choices=(1, 2, 4),
+                   help="test-time patch-shift ensemble (mmaif fuse --patch-shifts): N DiT passes per call")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-baseline", action="store_true", help="skip the classical baseline")
     p.add_argument("--json", help="write the results here")
@@ -236,14 +238,15 @@ def main(argv=None) -> int:
             continue
         module = module.to(device)
         accelerate(module, args.compile, channels_last=args.channels_last, codec_bf16=args.codec_bf16)
-        fuser = Fuser(module, device=str(device), tile=tile, overlap=args.overlap, bf16=gpu and not args.no_bf16)
+        fuser = Fuser(module, device=str(device), tile=tile, overlap=args.overlap, bf16=gpu and not args.no_bf16,
+                      patch_shifts=args.patch_shifts)
         timer = PartTimer(module, device)
         if header is None:
             mc, cc = module.cfg.model, module.codec
             header = {"device": name, "cpu": cpu_name(), "threads": torch.get_num_threads(), "weights": weights,
                       "preset": mc.preset, "codec": f"{cc.kind} f{cc.factor}x{cc.channels}", "tile": tile,
                       "dit_bf16": fuser.bf16, "codec_bf16": args.codec_bf16 and gpu, "compile": args.compile,
-                      "channels_last": args.channels_last, "baseline": f"restore_and_fuse({BASELINE_TASK!r}, "
+                      "channels_last": args.channels_last, "patch_shifts": args.patch_shifts, "baseline": f"restore_and_fuse({BASELINE_TASK!r}, "
                       f"{BASELINE_DEGRADATIONS}) on the CPU (OpenCV, {cpu_name()})"}
             print(f"model: preset {mc.preset}, codec {header['codec']}, weights {weights}; "
                   f"tile {tile or 'off'}, DiT bf16 {fuser.bf16}, codec bf16 {header['codec_bf16']}, "
