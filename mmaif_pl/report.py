@@ -24,7 +24,7 @@ from .config import atomic_write_text
 from .errors import UserError
 
 TASKS = ("vif", "mef", "mff")
-REFERENCE_FREE = ("EN", "SF", "Qabf", "VIF", "MEF_SSIM")
+REFERENCE_FREE = ("EN", "SF", "Qabf", "VIF", "MEF_SSIM", "BLK")
 FULL_MODELS = ("regression", "flow")
 
 
@@ -163,7 +163,8 @@ def markdown(table: list[dict], entries: dict) -> str:
              "(regression for `no-*`, flow at its default steps for `flow-s*`; `*-ps<N>` is the same model fused with "
              "the N-copy patch-shift ensemble, `mmaif fuse --patch-shifts N`), against the mean of its seeds "
              "where it was trained with several (`*-seed<N>`); 'seeds' says whether the row lies within, below "
-             "or above the range of those seeds.", ""]
+             "or above the range of those seeds. BLK is the block-pattern diagnostic on the evaluation's grid "
+             "(1: none; `mmaif evaluate --grid-period`, docs/metrics.md).", ""]
     head = (["variant", "PSNR mean", "Δ", "seeds"] + [f"PSNR {t}" for t in TASKS] + [f"SSIM {t}" for t in TASKS]
             + list(REFERENCE_FREE) + ["params (M)", "train (min)", "steps"])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

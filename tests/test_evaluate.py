@@ -155,3 +155,20 @@ def test_tno_average_fusion_gives_sane_values(tmp_path):
     assert 5 < m["EN"] < 8 and 10 < m["SD"] < 60 and 0.2 < m["Qabf"] < 0.7 and 0.3 < m["VIF"] < 1.2
     assert m["Nabf"] < 1e-4  # averaging never makes an edge stronger than both (up to 8-bit rounding)
     assert 1.0 < m["SSIM"] < 2.0 and 1.0 < m["MI"] < 4.0
+
+
+def test_grid_period_adds_the_block_pattern_diagnostic(tmp_path, capsys):
+    """`scene` images are built from 8 x 8 blocks: BLK on the 8 px grid is well above 1 and above its value
+    on a grid the blocks do not follow; `--grid-period 0` leaves it out; 1 is refused, naming the flag."""
+    dirs = make_folders(tmp_path, ["p1", "p2"])
+    args = ["evaluate", "--task", "vif", "--a", str(dirs["a"]), "--b", str(dirs["b"]), "--fused", str(dirs["fused"])]
+    scores = {}
+    for period in (8, 7, 0):
+        out = tmp_path / f"g{period}.json"
+        assert main(args + ["--json", str(out), "--grid-period", str(period)]) == 0
+        result = json.loads(out.read_text())
+        assert ("BLK" in result["metrics"]) == (period > 0) and result["grid_period"] == (period or None)
+        scores[period] = result["overall"].get("BLK")
+    assert scores[8] > 2 and scores[7] < 1.5 and scores[0] is None, scores
+    assert main(args + ["--json", str(tmp_path / "bad.json"), "--grid-period", "1"]) == 1
+    assert "--grid-period" in capsys.readouterr().err and not (tmp_path / "bad.json").exists()

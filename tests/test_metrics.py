@@ -71,6 +71,23 @@ def test_sd_sf_ag_of_constructed_images():
 # ---------------------------------------------------------------- information and correlation
 
 
+def test_grid_artifact_ratio_of_constructed_images():
+    ramp = torch.arange(64, dtype=torch.float64).expand(1, 64, 64).clone()  # steps of 1 everywhere (rows only)
+    assert FM.grid_artifact_ratio(ramp).item() == pytest.approx(1.0)
+    assert FM.grid_artifact_ratio(ramp.transpose(1, 2)).item() == pytest.approx(1.0)
+    # 8 x 8 blocks: every change on the grid lines, 7 of the 63 gaps per direction -> 63 / 7
+    blocks = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(ramp[None], 8), scale_factor=8)[0]
+    assert FM.grid_artifact_ratio(blocks, 8).item() == pytest.approx(9.0)
+    assert FM.grid_artifact_ratio(blocks, 16).item() == pytest.approx(9.0)  # a coarser grid: 3 of 3 lines
+    assert FM.grid_artifact_ratio(blocks, 7).item() < 2  # a grid the blocks do not follow
+    noise = torch.from_numpy(np.random.default_rng(0).random((2, 64, 64)) * 255)
+    assert FM.grid_artifact_ratio(noise).tolist() == pytest.approx([1.0, 1.0], abs=0.1)
+    assert math.isnan(FM.grid_artifact_ratio(torch.zeros(1, 64, 64, dtype=torch.float64)).item())
+    assert FM.grid_artifact_ratio(noise[:, :6, :6]).isnan().all()  # no grid line inside
+    with pytest.raises(ValueError, match="period"):
+        FM.grid_artifact_ratio(noise, 1)
+
+
 def test_mutual_information_of_an_image_with_itself_is_its_entropy():
     (x,) = planes(textured(2))
     assert FM.mutual_information(x, x).item() == pytest.approx(FM.entropy(x).item(), rel=1e-10)

@@ -18,8 +18,11 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from .functional import grid_artifact_ratio
 from .fusion import LOWER_IS_BETTER, fusion_metrics, metric_names
 from .profiles import PROFILES, get_profile
+
+DIAGNOSTIC = "BLK"  # the block-pattern diagnostic (--grid-period), reported beside the metrics
 
 TASKS = ("vif", "mef", "mff")
 
@@ -56,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--summary", type=Path,
                    help="also write a compact JSON (overall and per-task means only): what `dvc metrics` tracks")
     p.add_argument("--device", default="cpu", help="torch device for the metrics (cpu, cuda)")
+    p.add_argument("--grid-period", type=int, default=8, metavar="P",
+                   help="also report BLK, the block pattern of F on a P-pixel grid (1 = none; a patch model's "
+                        "patch x codec factor, 8 for the CPU preset; default 8; 0: off)")
     p.set_defaults(func=run)
 
 
@@ -141,8 +147,10 @@ def _load(path: Path, device: str) -> torch.Tensor:
     return torch.from_numpy(read_image(path)).permute(2, 0, 1).unsqueeze(0).to(device)
 
 
-def score_items(items: list[dict], profile: str, device: str = "cpu", progress: bool = True) -> list[dict]:
-    """One row per item: id, task, metadata, and every metric value (None where undefined)."""
+def score_items(items: list[dict], profile: str, device: str = "cpu", progress: bool = True,
+                grid_period: int = 0) -> list[dict]:
+    """One row per item: id, task, metadata, and every metric value (None where undefined); with a
+    `grid_period`, also BLK, the block-pattern diagnostic of F on that grid (functional.grid_artifact_ratio)."""
     with_ref = any(it.get("target") for it in items)
     prof = get_profile(profile)
     metrics = fusion_metrics(prof, with_reference=with_ref).to(device)
@@ -166,6 +174,9 @@ def score_items(items: list[dict], profile: str, device: str = "cpu", progress: 
                 continue
             value = float(m.score_from_planes(*planes)[0])
             row[name] = value if math.isfinite(value) else None
+        if grid_period:
+            value = float(grid_artifact_ratio(planes[0], grid_period).nanmean())  # over the colour planes
+            row[DIAGNOSTIC] = value if math.isfinite(value) else None
         rows.append(row)
         if progress and (tty or k == len(items) or k % max(1, len(items) // 10) == 0):
             eta = (time.time() - start) / k * (len(items) - k)
@@ -234,16 +245,17 @@ def _csv_text(rows: list[dict], names: list[str]) -> str:
 
 
 def evaluate(items: list[dict], profile: str, prepared: bool, inputs: dict, device: str = "cpu",
-             progress: bool = True) -> tuple[dict, list[dict], list[str]]:
+             progress: bool = True, grid_period: int = 0) -> tuple[dict, list[dict], list[str]]:
     prof = get_profile(profile)
-    rows = score_items(items, prof.name, device, progress)
+    rows = score_items(items, prof.name, device, progress, grid_period)
     with_ref = any(it.get("target") for it in items)
-    names = metric_names(with_reference=with_ref)
+    names = metric_names(with_reference=with_ref) + ([DIAGNOSTIC] if grid_period else [])
     result = {
         "created_by": "mmaif evaluate",
         "mode": "prepared" if prepared else "folders",
         "inputs": {k: (str(v) if v is not None else None) for k, v in inputs.items()},
         "profile": prof.conventions(),
+        "grid_period": grid_period or None,
         "n_images": len(rows),
         "metrics": names,
         "lower_is_better": sorted(LOWER_IS_BETTER),
@@ -263,6 +275,8 @@ def run(args: argparse.Namespace) -> int:
     from ..config import atomic_write_text
 
     get_profile(args.profile)  # unknown profile: fail before any work
+    if args.grid_period == 1 or args.grid_period < 0:
+        raise UserError(f"--grid-period must be 0 (off) or at least 2, got {args.grid_period}")
     if args.device == "cpu":
         # The heavy filtering runs in scipy (one thread); torch's elementwise work gains little from a second
         # OpenMP thread and loses several-fold when the cores are shared with other jobs.
@@ -279,7 +293,8 @@ def run(args: argparse.Namespace) -> int:
         inputs = {"task": args.task, "a": args.a, "b": args.b, "fused": args.fused, "target": args.target}
     print(f"evaluating {len(items)} image(s) with profile '{args.profile}'", file=sys.stderr)
     start = time.time()
-    result, rows, names = evaluate(items, args.profile, bool(args.prepared), inputs, args.device)
+    result, rows, names = evaluate(items, args.profile, bool(args.prepared), inputs, args.device,
+                                   grid_period=args.grid_period)
     print(format_table(result, names))
     atomic_write_text(args.json, json.dumps(result, indent=1, allow_nan=False) + "\n")
     written = [str(args.json)]

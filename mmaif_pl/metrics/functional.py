@@ -149,6 +149,25 @@ def average_gradient(x: Tensor, normalization: str = "interior") -> Tensor:
     raise ValueError(f"unknown AG normalization {normalization!r}: use 'interior' or 'pixels'")
 
 
+def grid_artifact_ratio(x: Tensor, period: int = 8) -> Tensor:
+    """BLK = (mean |step| across the lines of a period-p grid) / (mean |step| over all neighbour pairs).
+
+    Steps are differences of neighbouring pixels; grid lines lie between pixels p k - 1 and p k (k >= 1).
+    Computed for rows and for columns and averaged over the directions that vary. 1 when the grid lines are
+    like the rest of the image; up to about p when all change happens on them (a block pattern on that grid:
+    a patch-based model's token borders, patch x codec factor pixels; JPEG's 8 x 8 blocks). NaN for a
+    constant image or one without a grid line. A diagnostic of this project, not a metric from the fusion
+    literature (docs/metrics.md).
+    """
+    if period < 2:
+        raise ValueError(f"grid period must be >= 2, got {period}")
+    ratios = []
+    for steps in ((x[:, :, 1:] - x[:, :, :-1]).abs().mean(1), (x[:, 1:, :] - x[:, :-1, :]).abs().mean(2)):
+        on_line = torch.arange(steps.shape[1], device=x.device) % period == period - 1
+        ratios.append(steps[:, on_line].mean(1) / steps.mean(1))  # 0 / 0 (no variation): NaN, skipped below
+    return torch.stack(ratios).nanmean(0)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Information and correlation between F and the sources
 # ----------------------------------------------------------------------------------------------------
