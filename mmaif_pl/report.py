@@ -125,9 +125,10 @@ def _order(name: str) -> tuple:
 
 
 def rows(entries: dict) -> list[dict]:
-    """One row per entry. Δ is against the reference's seed mean where it has replicates (a single run is
-    one draw of that noise); `seed_range` says whether an ablation's mean PSNR lies within, below or above
-    the range of the reference's seeds."""
+    """One row per entry. Δ of a separately trained model (ablation, seed) is against the reference's seed
+    mean where it has replicates (a single run is one draw of that noise), and `seed_range` says whether it
+    lies within, below or above the range of the reference's seeds. Δ of a test-time variant of the same
+    checkpoint (`-s<N>`, `-ps<N>`) is paired: against that checkpoint's own run, no seed verdict."""
     noise = seed_noise(entries)
     order = sorted(entries, key=_order)
     out = []
@@ -141,10 +142,12 @@ def rows(entries: dict) -> list[dict]:
             row[m] = _get(e, None, m)
         ref = name if name in noise else _reference_for(name, entries)  # a seeded model: against its seed mean
         row["reference"] = ref
-        ref_mean = (noise[ref]["mean"]["mean"] if ref in noise else mean_psnr(entries[ref])) if ref else math.nan
+        paired = ref is not None and _variant_of(name) != name  # same checkpoint, other sampling
+        ref_mean = (noise[ref]["mean"]["mean"] if ref in noise and not paired else mean_psnr(entries[ref])) \
+            if ref else math.nan
         row["delta_psnr"] = row["psnr_mean"] - ref_mean
         row["seed_range"] = ""
-        if ref in noise and name != ref and _replicate_of(name) is None:
+        if ref in noise and name != ref and _replicate_of(name) is None and not paired:
             lo, hi = noise[ref]["mean"]["min"], noise[ref]["mean"]["max"]
             row["seed_range"] = "below" if row["psnr_mean"] < lo else "above" if row["psnr_mean"] > hi else "within"
         train = e["train"] or {}
@@ -160,11 +163,12 @@ def markdown(table: list[dict], entries: dict) -> str:
     lines = ["# Ablation on the embedded test split", "",
              "PSNR / SSIM are to the clean target; the reference-free metrics are means over all test samples "
              "(see docs/metrics.md). Δ is the change in mean PSNR against the full model the row ablates "
-             "(regression for `no-*`, flow at its default steps for `flow-s*`; `*-ps<N>` is the same model fused with "
-             "the N-copy patch-shift ensemble, `mmaif fuse --patch-shifts N`), against the mean of its seeds "
-             "where it was trained with several (`*-seed<N>`); 'seeds' says whether the row lies within, below "
-             "or above the range of those seeds. BLK is the block-pattern diagnostic on the evaluation's grid "
-             "(1: none; `mmaif evaluate --grid-period`, docs/metrics.md).", ""]
+             "(regression for `no-*`, against the mean of its seeds where it was trained with several, `*-seed<N>`; "
+             "'seeds' says whether the row lies within, below or above the range of those seeds). Rows of the same "
+             "checkpoint sampled otherwise are compared with that checkpoint's run (paired): `flow-s<N>` with N "
+             "Euler steps, `*-ps<N>` fused with the N-copy patch-shift ensemble (`mmaif fuse --patch-shifts N`). "
+             "BLK is the block-pattern diagnostic on the evaluation's grid (1: none; `mmaif evaluate "
+             "--grid-period`, docs/metrics.md).", ""]
     head = (["variant", "PSNR mean", "Δ", "seeds"] + [f"PSNR {t}" for t in TASKS] + [f"SSIM {t}" for t in TASKS]
             + list(REFERENCE_FREE) + ["params (M)", "train (min)", "steps"])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -28,6 +28,7 @@ def metrics(tmp_path):
     write_metrics(folder, "flow", 26.0, 21.0, 21.0)
     write_metrics(folder, "flow-s1", 26.3, 21.0, 21.0)
     write_metrics(folder, "flow-ps2", 26.6, 21.0, 21.0)  # flow fused with the patch-shift ensemble
+    write_metrics(folder, "regression-ps2", 27.5, 20.0, 21.0)  # 22.833: the regression checkpoint, 2 shifts
     write_metrics(folder, "baseline", 17.0, 17.0, 28.0)
     return folder
 
@@ -51,6 +52,8 @@ def test_seed_noise_deltas_and_ranges(metrics, tmp_path):
     # flow has no replicates: its step variants are compared with the single flow run, no seed verdict
     assert table["flow-s1"]["delta_psnr"] == pytest.approx(0.1) and table["flow-s1"]["seed_range"] == ""
     assert table["flow-ps2"]["reference"] == "flow" and table["flow-ps2"]["delta_psnr"] == pytest.approx(0.2)
+    # a test-time variant of a seeded checkpoint is paired with that run, not with the seed mean
+    assert table["regression-ps2"]["delta_psnr"] == pytest.approx(0.5) and table["regression-ps2"]["seed_range"] == ""
     assert math.isnan(table["baseline"]["delta_psnr"])
 
     md = (tmp_path / "r.md").read_text()
