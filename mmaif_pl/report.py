@@ -191,9 +191,10 @@ def markdown(table: list[dict], entries: dict) -> str:
             s = stats[key]
             lines.append(f"| {label} | {_fmt(s['mean'])} | {_fmt(s['std'])} | {_fmt(s['min'])} | {_fmt(s['max'])} "
                          f"| {_fmt(s['max'] - s['min'])} |")
-        lines += ["", f"Outside the seed range: {', '.join(outside) if outside else 'none'}. Within it (not "
-                      f"distinguishable from seed noise at one run each): "
-                      f"{', '.join(f'`{n}`' for n in inside) if inside else 'none'}."]
+        if inside or outside:  # the model has ablations to place
+            lines += ["", f"Outside the seed range: {', '.join(outside) if outside else 'none'}. Within it (not "
+                          f"distinguishable from seed noise at one run each): "
+                          f"{', '.join(f'`{n}`' for n in inside) if inside else 'none'}."]
     baselines = [n for n in entries if n.startswith("baseline")]
     if baselines:
         lines += ["", "## Full models against the classical restoration + fusion baseline", "",

@@ -53,3 +53,19 @@ def test_every_shipped_experiment_file_loads():
     files = sorted(EXPERIMENTS_DIR.rglob("*.yaml"))
     for f in files:
         load([f])
+
+
+def test_seed_variants_differ_from_their_model_only_in_name_and_seed():
+    """`<variant>-seed<N>.yaml` (the report's seed replicates) must stay the same experiment as `<variant>.yaml`."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "experiments" / "variants"
+    seeded = sorted(folder.glob("*-seed*.yaml"))
+    assert seeded, "the pipeline's seed replicates are missing"
+    for path in seeded:
+        base, _, n = path.stem.rpartition("-seed")
+        replica = OmegaConf.to_container(OmegaConf.load(path))
+        original = OmegaConf.to_container(OmegaConf.load(folder / f"{base}.yaml"))
+        assert replica["train"].pop("name") == path.stem and replica["train"].pop("seed") == int(n)
+        original["train"].pop("name")
+        assert replica == original, f"{path.name} differs from {base}.yaml beyond train.name and train.seed"

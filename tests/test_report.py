@@ -26,6 +26,7 @@ def metrics(tmp_path):
     write_metrics(folder, "no-moe", 25.5, 20.0, 21.0)            # 22.167: inside [22.0, 22.667]
     write_metrics(folder, "no-source-skip", 24.0, 20.0, 21.0)    # 21.667: below
     write_metrics(folder, "flow", 26.0, 21.0, 21.0)
+    write_metrics(folder, "flow-seed1", 26.6, 21.0, 21.0)  # flow's seed mean 22.767
     write_metrics(folder, "flow-s1", 26.3, 21.0, 21.0)
     write_metrics(folder, "flow-ps2", 26.6, 21.0, 21.0)  # flow fused with the patch-shift ensemble
     write_metrics(folder, "regression-ps2", 27.5, 20.0, 21.0)  # 22.833: the regression checkpoint, 2 shifts
@@ -35,7 +36,7 @@ def metrics(tmp_path):
 
 def test_seed_noise_deltas_and_ranges(metrics, tmp_path):
     noise = seed_noise(load_entries(metrics, None))
-    assert list(noise) == ["regression"]
+    assert list(noise) == ["flow", "regression"]
     stats = noise["regression"]["mean"]
     assert stats["n"] == 3
     assert stats["mean"] == pytest.approx((22 + 1 / 3 + 22 + 2 / 3 + 22) / 3)
@@ -57,8 +58,9 @@ def test_seed_noise_deltas_and_ranges(metrics, tmp_path):
     assert math.isnan(table["baseline"]["delta_psnr"])
 
     md = (tmp_path / "r.md").read_text()
-    assert "## Seed noise of `regression`" in md
+    assert "## Seed noise of `regression`" in md and "## Seed noise of `flow`" in md
     assert "Outside the seed range: `no-source-skip` (below)" in md
+    assert md.count("Outside the seed range") == 1  # only for models with ablations
     assert "| `regression` (mean of 3 seeds) | `baseline` | +9.00 | +3.00 | -7.00 | +1.67 |" in md
     csv = (tmp_path / "r.csv").read_text().splitlines()
     assert "seed_range" in csv[0].split(",") and any(line.startswith("no-source-skip,") and ",below," in line
@@ -66,7 +68,7 @@ def test_seed_noise_deltas_and_ranges(metrics, tmp_path):
 
 
 def test_without_replicates_the_delta_is_against_the_single_run(metrics, tmp_path):
-    for name in ("regression-seed1", "regression-seed2"):
+    for name in ("regression-seed1", "regression-seed2", "flow-seed1"):
         (metrics / f"{name}.json").unlink()
     table = {r["name"]: r for r in write_report(metrics, tmp_path / "r.md")}
     assert table["no-moe"]["delta_psnr"] == pytest.approx(-1 / 6) and table["no-moe"]["seed_range"] == ""
