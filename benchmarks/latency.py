@@ -246,8 +246,9 @@ def main(argv=None) -> int:
             header = {"device": name, "cpu": cpu_name(), "threads": torch.get_num_threads(), "weights": weights,
                       "preset": mc.preset, "codec": f"{cc.kind} f{cc.factor}x{cc.channels}", "tile": tile,
                       "dit_bf16": fuser.bf16, "codec_bf16": args.codec_bf16 and gpu, "compile": args.compile,
-                      "channels_last": args.channels_last, "patch_shifts": args.patch_shifts, "baseline": f"restore_and_fuse({BASELINE_TASK!r}, "
-                      f"{BASELINE_DEGRADATIONS}) on the CPU (OpenCV, {cpu_name()})"}
+                      "channels_last": args.channels_last, "patch_shifts": args.patch_shifts,
+                      "baseline": f"restore_and_fuse({BASELINE_TASK!r}, {BASELINE_DEGRADATIONS}) on the CPU "
+                      f"(OpenCV, {cpu_name()})"}
             print(f"model: preset {mc.preset}, codec {header['codec']}, weights {weights}; "
                   f"tile {tile or 'off'}, DiT bf16 {fuser.bf16}, codec bf16 {header['codec_bf16']}, "
                   f"compile {args.compile or 'off'}")

@@ -94,8 +94,9 @@ def _reference_for(name: str, entries: dict) -> Optional[str]:
     seed replicates -> the model they replicate."""
     if name in FULL_MODELS or name.startswith("baseline"):
         return None
-    if _replicate_of(name) is not None:
-        return _replicate_of(name) if _replicate_of(name) in entries else None
+    replicated = _replicate_of(name)
+    if replicated is not None:
+        return replicated if replicated in entries else None
     variant = _variant_of(name)
     if variant == "flow":
         return "flow" if name != "flow" and "flow" in entries else None
@@ -124,12 +125,12 @@ def _order(name: str) -> tuple:
     return (2 if name.startswith("baseline") else 1, name, name)
 
 
-def rows(entries: dict) -> list[dict]:
+def rows(entries: dict, noise: dict[str, dict]) -> list[dict]:
     """One row per entry. Δ of a separately trained model (ablation, seed) is against the reference's seed
     mean where it has replicates (a single run is one draw of that noise), and `seed_range` says whether it
     lies within, below or above the range of the reference's seeds. Δ of a test-time variant of the same
-    checkpoint (`-s<N>`, `-ps<N>`) is paired: against that checkpoint's own run, no seed verdict."""
-    noise = seed_noise(entries)
+    checkpoint (`-s<N>`, `-ps<N>`) is paired: against that checkpoint's own run, no seed verdict.
+    `noise` is `seed_noise(entries)`."""
     order = sorted(entries, key=_order)
     out = []
     for name in order:
@@ -158,8 +159,7 @@ def rows(entries: dict) -> list[dict]:
     return out
 
 
-def markdown(table: list[dict], entries: dict) -> str:
-    noise = seed_noise(entries)
+def markdown(table: list[dict], entries: dict, noise: dict[str, dict]) -> str:
     lines = ["# Ablation on the embedded test split", "",
              "PSNR / SSIM are to the clean target; the reference-free metrics are means over all test samples "
              "(see docs/metrics.md). Δ is the change in mean PSNR against the full model the row ablates "
@@ -230,9 +230,10 @@ def to_csv(table: list[dict]) -> str:
 
 def write_report(metrics_dir: str | Path, out: str | Path, runs_dir: Optional[str | Path] = None) -> list[dict]:
     entries = load_entries(Path(metrics_dir), Path(runs_dir) if runs_dir else None)
-    table = rows(entries)
+    noise = seed_noise(entries)
+    table = rows(entries, noise)
     out = Path(out)
-    atomic_write_text(out, markdown(table, entries))
+    atomic_write_text(out, markdown(table, entries, noise))
     atomic_write_text(out.with_suffix(".csv"), to_csv(table))
     return table
 

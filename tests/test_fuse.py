@@ -270,5 +270,5 @@ def test_patch_shifts_run_the_dit_on_shifted_copies(module):
         hook.remove()
         module.patch_shifts = 1
     assert out[2].shape == out[1].shape and not np.allclose(out[2], out[1])
-    module_again = Fuser(module, device="cpu", tile=0)(a, b, "Remove the noise.")
-    np.testing.assert_array_equal(module_again, out[1])  # the default is the single pass again
+    again = Fuser(module, device="cpu", tile=0)(a, b, "Remove the noise.")
+    np.testing.assert_array_equal(again, out[1])  # the default is the single pass again
