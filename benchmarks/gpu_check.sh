@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Issue 7's GPU measurements in one short script (about 6 minutes on one H100/H200, hard stop at 9.5):
 # fusion latency (B preset, the GPU codec preset, bf16) with the classical baseline, training throughput of
-# the B preset at 256 px, the codec's reconstruction PSNR (fast AutoencoderTiny preset vs SD-sized
-# AutoencoderKL after the same short training), the SD-sized codec's latency, a 4096 px tiled pair's peak
-# GPU memory, and torch.compile'd latency at 1024 px. Every step has a time limit; a failed or skipped step
-# does not stop the others, and the most important ones run first.
+# the B preset at 256 px, torch.compile'd latency at 1024 px (default, and reduce-overhead = CUDA graphs), a
+# 4096 px tiled pair's peak GPU memory, the codec's reconstruction PSNR (fast AutoencoderTiny preset vs
+# SD-sized AutoencoderKL after the same short training) and the SD-sized codec's latency. Every step has a
+# time limit; a failed or skipped step does not stop the others, and the most important ones run first.
 #
 # Usage, in a session whose task has a GPU, from the repo root:
 #   bash benchmarks/gpu_prepare.sh                 # here, once: missing wheels + MiniLM tokenizer -> .gpu_assets/
 #   device run: command "bash benchmarks/gpu_check.sh", carry [".gpu_assets"], timeout_s 600
 # Results in $OUT (or the folder given as $1; default gpu_check/): log.txt, latency.json, throughput.json,
-# codec_psnr.json, latency_kl.json, latency_4096.json, latency_compiled.json (7 files, all small).
+# latency_compiled.json, latency_4096.json, codec_psnr.json, latency_cudagraphs.json (7 files, all small; the
+# device tool returns 8 at most; a latency JSON of a step stopped at its limit holds the rows it finished).
 # Dry run of the plumbing on a CPU: SMOKE=1 STANDIN=1 PY=.venv/bin/python DEADLINE=1500 bash benchmarks/gpu_check.sh /tmp/gc
 set -u
 cd "$(dirname "$0")/.."
@@ -69,10 +70,18 @@ fi
 # -- 1. latency: B preset, AutoencoderTiny f8x16 (experiments/scale/gpu.yaml), bf16, eager ----------------
 step 130 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --json "$OUT/latency.json" "${TEXT[@]}"
 
-# -- 2. training throughput of the B preset at 256 px ---------------------------------------------------------
+# -- 2. torch.compile (inductor) of the DiT and the codec at 1024 px --------------------------------------------
+step 150 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --compile default --size $S1 --steps 4 --no-baseline \
+  --json "$OUT/latency_compiled.json" "${TEXT[@]}"
+
+# -- 3. training throughput of the B preset at 256 px ---------------------------------------------------------
 step 100 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 --steps 15 "${T[@]}" --json "$OUT/throughput.json" "${TEXT[@]}"
 
-# -- 3. codec quality: the same short training (600 steps, 128 px crops, bf16-mixed) of the fast preset and the SD-sized KL
+# -- 4. a 4096 px pair through 2048 px tiles: peak GPU memory (target < 10 GB) --------------------------------
+step 60 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --size $S4 --variant regression --tile $((S4 / 2)) \
+  --warmup 1 --repeats 3 --no-baseline --json "$OUT/latency_4096.json" "${TEXT[@]}"
+
+# -- 5. codec quality: the same short training (600 steps, 128 px crops, bf16-mixed) of the fast preset and the SD-sized KL
 step 25 $PY -c "from mmaif_pl.data.synth import build; build('$W/data', counts={'train': 32, 'test': 2}, log=lambda *a, **k: None)"
 CODEC=(-c experiments/base.yaml -c experiments/scale/gpu.yaml "data.root=$W/data" data.val_fraction=0.004
        data.samples_per_epoch=16000 data.num_workers=$NW codec.crop=128 codec.batch_size=4 codec.steps=$CS
@@ -93,16 +102,12 @@ out.write_text(json.dumps({"note": note, "codecs": res}, indent=1) + "\n")
 print({k: v.get("psnr") for k, v in res.items()})
 EOF
 
-# -- 4. the SD-sized AutoencoderKL's latency (what the fast preset saves) -------------------------------------
+# -- 6. CUDA graphs (torch.compile mode reduce-overhead) at 1024 px: what launch overhead still costs -------
+[[ ${SMOKE:-0} == 1 ]] || step 120 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --compile reduce-overhead --size $S1 \
+  --steps 4 --no-baseline --json "$OUT/latency_cudagraphs.json" "${TEXT[@]}"
+
+# -- 7. the SD-sized AutoencoderKL's latency (what the fast preset saves) -------------------------------------
 step 60 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --size $S1 --steps 4 --no-baseline \
-  codec.kind=kl codec.factor=8 "codec.block_channels=$KL" codec.layers_per_block=$KLL --json "$OUT/latency_kl.json" "${TEXT[@]}"
-
-# -- 5. a 4096 px pair through 2048 px tiles: peak GPU memory (target < 10 GB) --------------------------------
-step 60 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --size $S4 --variant regression --tile $((S4 / 2)) \
-  --warmup 1 --repeats 3 --no-baseline --json "$OUT/latency_4096.json" "${TEXT[@]}"
-
-# -- 6. torch.compile (inductor) of the DiT and the codec at 1024 px --------------------------------------------
-[[ ${SMOKE:-0} == 1 ]] || step 150 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --compile default --size $S1 --steps 4 --no-baseline \
-  --json "$OUT/latency_compiled.json" "${TEXT[@]}"
+  codec.kind=kl codec.factor=8 "codec.block_channels=$KL" codec.layers_per_block=$KLL "${TEXT[@]}"  # log only: 8 files come back
 
 echo "== done in ${SECONDS}s; results in $OUT:"; ls -la "$OUT"

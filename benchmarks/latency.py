@@ -188,6 +188,13 @@ def time_baseline(size: int, repeats: int, budget_s: float) -> float:
     return round(statistics.median(runs), 1)
 
 
+def write_json(out: Path, data: dict) -> None:
+    from mmaif_pl.atomic import atomic_write_text
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(data, indent=1) + "\n")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -266,11 +273,11 @@ def main(argv=None) -> int:
                 print(f"{variant:<11}{size:>6}{steps:>6}{r['ms']:>10.1f}{r['encode_ms']:>9.1f}{r['dit_ms']:>9.1f}"
                       f"{r['decode_ms']:>9.1f}{r['cpu_ms']:>9.0f}{r['tiles']:>6}{base or float('nan'):>10.1f}{ratio:>7}"
                       f"{r['peak_rss_mb']:>8.0f}", flush=True)
+                if args.json:  # after every row: a run stopped at a time limit keeps what it measured
+                    write_json(Path(args.json), {**header, "results": results})
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({**(header or {"device": name}), "results": results}, indent=1) + "\n")
-        print(f"wrote {out}")
+        write_json(Path(args.json), {**(header or {"device": name}), "results": results})
+        print(f"wrote {args.json}")
     return 0
 
 
