@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Issue 7's GPU measurements in one short script (about 6 minutes on one H100/H200, hard stop at 9.5):
-# fusion latency (B preset, the GPU codec preset, bf16) with the classical baseline, training throughput of
-# the B preset at 256 px, torch.compile'd latency at 1024 px (default, and reduce-overhead = CUDA graphs), a
-# 4096 px tiled pair's peak GPU memory, the codec's reconstruction PSNR (fast AutoencoderTiny preset vs
-# SD-sized AutoencoderKL after the same short training) and the SD-sized codec's latency. Every step has a
-# time limit; a failed or skipped step does not stop the others, and the most important ones run first.
+# Issue 7's GPU measurements in one short script (about 9 minutes on one H100/H200 for all steps, a hard stop at
+# $DEADLINE s): the CUDA-graphs test, fusion latency (B preset, the GPU codec preset, bf16, CUDA graphs), training
+# throughput of the B preset at 256 px (batch 128), eager latency with the classical baseline, a 4096 px tiled
+# pair's peak GPU memory, the codec's reconstruction PSNR (fast AutoencoderTiny preset vs SD-sized AutoencoderKL
+# after the same short training), the SD-sized codec's latency, and torch.compile'd latency at 1024 px. Each
+# step has a time limit; a failed or skipped step does not stop the others; the most important ones run first.
 #
 # Usage, in a session whose task has a GPU, from the repo root:
 #   bash benchmarks/gpu_prepare.sh                 # here, once: missing wheels + MiniLM tokenizer -> .gpu_assets/
 #   device run: command "bash benchmarks/gpu_check.sh", carry [".gpu_assets"], timeout_s 600
-# Results in $OUT (or the folder given as $1; default gpu_check/): log.txt, latency.json, throughput.json,
-# latency_compiled.json, latency_4096.json, codec_psnr.json, latency_cudagraphs.json (7 files, all small; the
-# device tool returns 8 at most; a latency JSON of a step stopped at its limit holds the rows it finished).
+#   a subset: "ONLY='tests graphs throughput' DEADLINE=200 bash benchmarks/gpu_check.sh"
+#   (steps: tests graphs throughput eager big codec kl compile)
+# Results in $OUT (or the folder given as $1; default gpu_check/): log.txt, latency_graphs.json, throughput.json,
+# latency.json, latency_4096.json, codec_psnr.json, latency_compiled.json (7 files, all small; the device tool
+# returns 8 at most; a latency JSON of a step stopped at its limit holds the rows it finished).
 # Dry run of the plumbing on a CPU: SMOKE=1 STANDIN=1 PY=.venv/bin/python DEADLINE=1500 bash benchmarks/gpu_check.sh /tmp/gc
 set -u
 cd "$(dirname "$0")/.."
@@ -24,12 +26,13 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PAR
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 W=$(mktemp -d)
 
-step() {  # step LIMIT_S command...: run with min(LIMIT_S, time left) seconds, never fatal
-  local limit=$1; shift
+step() {  # step NAME LIMIT_S command...: run with min(LIMIT_S, time left) seconds, never fatal; ONLY="a b" picks
+  local name=$1 limit=$2; shift 2
+  [[ -z ${ONLY:-} || " $ONLY " == *" $name "* ]] || return 0
   local left=$((DEADLINE - SECONDS))
   ((left < limit)) && limit=$left
   if ((limit < 15)); then echo "== skipped (no time left): $*"; return 0; fi
-  echo "== [$(date +%T) +${SECONDS}s] $* (limit ${limit}s)"
+  echo "== [$(date +%T) +${SECONDS}s] $name: $* (limit ${limit}s)"
   timeout "$limit" "$@"
   local rc=$?
   ((rc != 0)) && echo "== step failed (rc $rc; 124 = timed out): $*"
@@ -61,36 +64,40 @@ EOF
   TEXT=("text.encoder=$W/minilm")
 fi
 B=(--device cuda --preset B)
-L=() T=() CS=600 NW=12 ACC=gpu KL="[128,256,512,512]" KLL=2 S4=4096 S1=1024
+G=(--cuda-graphs --channels-last) L=() LE=(--warmup 3 --repeats 10) T=(--batch 128 --warmup 3 --steps 10) CS=600 NW=12 ACC=gpu KL="[128,256,512,512]" KLL=2 S4=4096 S1=1024
 if [[ ${SMOKE:-0} == 1 ]]; then  # a CPU dry run of the plumbing (minutes): tiny model, tiny sizes, few steps
-  B=(--device cpu --preset tiny) L=(--size 128 --repeats 1 --warmup 0) T=(--batch 2 --crop 128 --steps 1 --warmup 0)
+  B=(--device cpu --preset tiny) G=() L=(--size 128 --repeats 1 --warmup 0) LE=() T=(--batch 2 --crop 128 --steps 1 --warmup 0)
   CS=2 NW=0 ACC=cpu KL="[16,16,16,16]" KLL=1 S4=512 S1=128
 fi
 
-# -- 1. latency: B preset, AutoencoderTiny f8x16 (experiments/scale/gpu.yaml), bf16, eager ----------------
-step 130 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --json "$OUT/latency.json" "${TEXT[@]}"
+# -- tests: CUDA graphs give eager's fused images (tests/test_cuda_graphs.py) ---------------------------------
+[[ -n ${TEXT[*]} ]] && export MMAIF_TEST_TEXT_ENCODER=${TEXT[0]#text.encoder=}
+step tests 60 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py
 
-# -- 2. torch.compile (inductor) of the DiT and the codec at 1024 px --------------------------------------------
-step 150 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --compile default --size $S1 --steps 4 --no-baseline \
-  --json "$OUT/latency_compiled.json" "${TEXT[@]}"
+# -- latency: B preset, AutoencoderTiny f8x16 (experiments/scale/gpu.yaml), bf16, CUDA graphs, channels-last --
+step graphs 90 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${G[@]}" --no-baseline \
+  --json "$OUT/latency_graphs.json" "${TEXT[@]}"
 
-# -- 3. training throughput of the B preset at 256 px ---------------------------------------------------------
-step 100 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 --steps 15 "${T[@]}" --json "$OUT/throughput.json" "${TEXT[@]}"
+# -- training throughput of the B preset at 256 px --------------------------------------------------------------
+step throughput 100 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --json "$OUT/throughput.json" "${TEXT[@]}"
 
-# -- 4. a 4096 px pair through 2048 px tiles: peak GPU memory (target < 10 GB) --------------------------------
-step 60 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --size $S4 --variant regression --tile $((S4 / 2)) \
-  --warmup 1 --repeats 3 --no-baseline --json "$OUT/latency_4096.json" "${TEXT[@]}"
+# -- latency, eager (host-bound at batch 1 on an H200), with the classical baseline on the CPU ------------------
+step eager 120 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" "${LE[@]}" --codec-bf16 --json "$OUT/latency.json" "${TEXT[@]}"
 
-# -- 5. codec quality: the same short training (600 steps, 128 px crops, bf16-mixed) of the fast preset and the SD-sized KL
-step 25 $PY -c "from mmaif_pl.data.synth import build; build('$W/data', counts={'train': 32, 'test': 2}, log=lambda *a, **k: None)"
+# -- a 4096 px pair through 2048 px tiles: peak GPU memory (target < 10 GB) ----------------------------------------
+step big 60 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${G[@]}" --size $S4 \
+  --variant regression --tile $((S4 / 2)) --warmup 1 --repeats 3 --no-baseline --json "$OUT/latency_4096.json" "${TEXT[@]}"
+
+# -- codec quality: the same short training (600 steps, 128 px crops, bf16-mixed) of the fast preset and the SD-sized KL
+step codec 25 $PY -c "from mmaif_pl.data.synth import build; build('$W/data', counts={'train': 32, 'test': 2}, log=lambda *a, **k: None)"
 CODEC=(-c experiments/base.yaml -c experiments/scale/gpu.yaml "data.root=$W/data" data.val_fraction=0.004
        data.samples_per_epoch=16000 data.num_workers=$NW codec.crop=128 codec.batch_size=4 codec.steps=$CS
        codec.fit_batches=16 train.accelerator=$ACC)
-step 40 $PY -m mmaif_pl.cli train-codec "${CODEC[@]}" codec.kind=linear --out "$W/codec_linear"
-step 60 $PY -m mmaif_pl.cli train-codec "${CODEC[@]}" --out "$W/codec_tiny"
-step 120 $PY -m mmaif_pl.cli train-codec "${CODEC[@]}" codec.kind=kl "codec.block_channels=$KL" \
+step codec 40 $PY -m mmaif_pl.cli train-codec "${CODEC[@]}" codec.kind=linear --out "$W/codec_linear"
+step codec 90 $PY -m mmaif_pl.cli train-codec "${CODEC[@]}" --out "$W/codec_tiny"
+step codec 150 $PY -m mmaif_pl.cli train-codec "${CODEC[@]}" codec.kind=kl "codec.block_channels=$KL" \
   codec.layers_per_block=$KLL --out "$W/codec_kl"
-$PY - "$W" "$OUT/codec_psnr.json" <<'EOF'
+step codec 20 $PY - "$W" "$OUT/codec_psnr.json" <<'EOF'
 import json, sys
 from pathlib import Path
 w, out = Path(sys.argv[1]), Path(sys.argv[2])
@@ -102,12 +109,12 @@ out.write_text(json.dumps({"note": note, "codecs": res}, indent=1) + "\n")
 print({k: v.get("psnr") for k, v in res.items()})
 EOF
 
-# -- 6. CUDA graphs (torch.compile mode reduce-overhead) at 1024 px: what launch overhead still costs -------
-[[ ${SMOKE:-0} == 1 ]] || step 120 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --compile reduce-overhead --size $S1 \
-  --steps 4 --no-baseline --json "$OUT/latency_cudagraphs.json" "${TEXT[@]}"
+# -- the SD-sized AutoencoderKL's latency (what the fast preset saves); log only: 8 files come back ------------
+step kl 60 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${G[@]}" --size $S1 --steps 4 --no-baseline \
+  codec.kind=kl codec.factor=8 "codec.block_channels=$KL" codec.layers_per_block=$KLL "${TEXT[@]}"
 
-# -- 7. the SD-sized AutoencoderKL's latency (what the fast preset saves) -------------------------------------
-step 60 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --size $S1 --steps 4 --no-baseline \
-  codec.kind=kl codec.factor=8 "codec.block_channels=$KL" codec.layers_per_block=$KLL "${TEXT[@]}"  # log only: 8 files come back
+# -- torch.compile (inductor) of the DiT and the codec at 1024 px; the B preset's compile took > 150 s on an H200
+step compile 240 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --compile default --size $S1 --steps 4 \
+  --no-baseline --json "$OUT/latency_compiled.json" "${TEXT[@]}"
 
 echo "== done in ${SECONDS}s; results in $OUT:"; ls -la "$OUT"

@@ -71,13 +71,19 @@ def keep_chroma_of(fused: np.ndarray, source: np.ndarray) -> np.ndarray:
 
 
 def accelerate(module, compile_mode: Optional[str] = None, backend: str = "inductor",
-               channels_last: bool = False, codec_bf16: bool = False):
+               channels_last: bool = False, codec_bf16: bool = False, cuda_graphs: bool = False):
     """Opt-in inference fast paths that keep the module's behaviour (weights, state_dict keys, outputs up to
     float rounding): `torch.compile` of the sampling denoiser (the EMA DiT) and of a learned codec's encoder
     and decoder (in place, `nn.Module.compile`; `compile_mode` e.g. "default", "reduce-overhead" for CUDA
-    graphs, "max-autotune"), channels-last memory for the codec's convolutions, and bf16 autocast for a
+    graphs, "max-autotune"), CUDA graphs of the eager denoiser and codec (`cuda_graphs`: no compile, one
+    capture per image size), channels-last memory for the codec's convolutions, and bf16 autocast for a
     learned codec on GPU. All are off by default; each pays on GPU, none pays for the CPU preset (measured
     in docs/speed.md)."""
+    if cuda_graphs:
+        if compile_mode:
+            raise UserError("choose CUDA graphs or torch.compile, not both (compile mode reduce-overhead is both)")
+        if module.device.type != "cuda":
+            raise UserError(f"CUDA graphs need the model on a CUDA device, it is on {module.device}")
     ae = getattr(module.codec, "ae", None)
     if channels_last and ae is not None:
         ae.to(memory_format=torch.channels_last)
@@ -87,6 +93,12 @@ def accelerate(module, compile_mode: Optional[str] = None, backend: str = "induc
             for part in (getattr(ae, "encoder", None), getattr(ae, "decoder", None)):
                 if part is not None:
                     part.compile(backend=backend, mode=None if compile_mode == "default" else compile_mode)
+    if cuda_graphs:  # the sampling denoiser and the codec; the DiT being trained (module.dit) is left alone
+        from .cuda_graphs import CUDAGraphed
+
+        module.ema.forward = CUDAGraphed(module.ema.forward)
+        module.codec.encode = CUDAGraphed(module.codec.encode)
+        module.codec.decode = CUDAGraphed(module.codec.decode)
     module.codec_bf16 = codec_bf16
     return module
 
@@ -102,15 +114,14 @@ class Fuser:
     """A trained model ready to fuse pairs: `Fuser(ckpt)(a, b, prompt) -> fused` (numpy HxWx3 in [0, 1]).
 
     `checkpoint` may also be a FusionModule already in memory (tests, benchmarks). `compile` (a torch.compile
-    mode, e.g. "default") and `channels_last` switch on the fast paths of `accelerate`."""
+    mode, e.g. "default"), `cuda_graphs` and `channels_last` switch on the fast paths of `accelerate`."""
 
     def __init__(self, checkpoint, device: str = "auto", steps: Optional[int] = None,
                  tile: int = 512, overlap: int = 64, color: str = "model", seed: int = 0,
                  codec_path: Optional[str] = None, bf16: Optional[bool] = None,
                  compile: Optional[str] = None, channels_last: bool = False, time_shift: Optional[float] = None,
-                 patch_shifts: int = 1):
+                 patch_shifts: int = 1, cuda_graphs: bool = False):
         from .lit.fusion import FusionModule, load_module
-
         from .models.dit import ensemble_shifts
 
         if color not in COLOR_POLICIES:
@@ -123,8 +134,8 @@ class Fuser:
         except ValueError as exc:
             raise UserError(f"--patch-shifts: {exc}") from None
         self.module.patch_shifts = patch_shifts
-        if compile or channels_last:
-            accelerate(self.module, compile, channels_last=channels_last)
+        if compile or channels_last or cuda_graphs:
+            accelerate(self.module, compile, channels_last=channels_last, cuda_graphs=cuda_graphs)
         self.steps, self.tile, self.overlap, self.color, self.seed = steps, tile, overlap, color, seed
         self.time_shift = time_shift
         self.bf16 = (self.device.type == "cuda") if bf16 is None else bf16
@@ -188,7 +199,7 @@ def cmd_fuse(args) -> int:
     fuser = Fuser(args.checkpoint, device=args.device, steps=args.steps, time_shift=args.time_shift,
                   tile=args.tile, overlap=args.overlap,
                   color=args.color, seed=args.seed, codec_path=args.codec, compile=args.compile,
-                  channels_last=args.channels_last, patch_shifts=args.patch_shifts)
+                  channels_last=args.channels_last, patch_shifts=args.patch_shifts, cuda_graphs=args.cuda_graphs)
     start = time.perf_counter()
     for i, (name, pa, pb, prompt, dest) in enumerate(jobs, 1):
         a, b = read_image(pa), read_image(pb)
@@ -235,5 +246,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codec", help="codec folder (default: the one named in the checkpoint)")
     p.add_argument("--compile", metavar="MODE", help="torch.compile the denoiser and a learned codec "
                    "(default | reduce-overhead | max-autotune); pays on GPU for many pairs of one size")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs of the DiT and the codec "
+                   "(GPU; no compile, one capture per image size): removes the launch overhead of batch 1")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory for a learned codec (GPU)")
     p.set_defaults(func=cmd_fuse)

@@ -1,0 +1,87 @@
+"""CUDA graphs of the eager DiT and codec (mmaif_pl/cuda_graphs.py, `mmaif fuse --cuda-graphs`).
+
+Without a GPU: refused with a clear error. With one: the same fused images as eager, in float32 and under
+bf16 autocast, one graph per image size, results that later replays do not overwrite, and the patch-shift
+ensemble. The GPU tests read the text encoder from MMAIF_TEST_TEXT_ENCODER when set (the GPU benchmark
+machine has a same-architecture stand-in for the packaged MiniLM).
+"""
+import os
+
+import pytest
+import torch
+
+from mmaif_pl.config import load
+from mmaif_pl.cuda_graphs import CUDAGraphed
+from mmaif_pl.errors import UserError
+from mmaif_pl.fuse import Fuser, accelerate
+from mmaif_pl.lit.fusion import build_module
+from mmaif_pl.models.codec import LatentCodec
+from mmaif_pl.models.text import TextEncoder
+
+SMALL = ["model.hidden=64", "model.depth=2", "model.heads=2", "model.pe_grid=8"]
+PROMPT = ["Remove the haze."]
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def text():
+    path = os.environ.get("MMAIF_TEST_TEXT_ENCODER")
+    return TextEncoder(path) if path else TextEncoder()
+
+
+def small_module(variant: str, text):
+    """A learned (AutoencoderTiny) codec and a small DiT with random weights in place of the zero-initialised."""
+    torch.manual_seed(0)
+    codec = LatentCodec("tiny", 4, 16, block_channels=[16, 16, 16]).eval()
+    codec.linear.basis.copy_(torch.linalg.qr(torch.randn(48, 16))[0].T)
+    m = build_module(load([], SMALL + [f"train.variant={variant}"]), codec, text).eval()
+    with torch.no_grad():
+        for p in m.ema.parameters():
+            if not p.any():
+                p.normal_(0, 0.02)
+    return m
+
+
+def test_cuda_graphs_are_refused_without_a_gpu_or_with_compile(text):
+    m = small_module("regression", text)
+    with pytest.raises(UserError, match="CUDA device"):
+        Fuser(m, device="cpu", cuda_graphs=True)
+    with pytest.raises(UserError, match="not both"):
+        accelerate(m, "default", cuda_graphs=True)
+
+
+def test_graphed_callable_refuses_cpu_tensors_and_autograd():
+    doubled = CUDAGraphed(lambda x: 2 * x)
+    with pytest.raises(RuntimeError, match="no_grad"):
+        doubled(torch.ones(2))
+    with torch.no_grad(), pytest.raises(RuntimeError, match="CUDA tensors"):
+        doubled(torch.ones(2))
+    assert not doubled.graphs
+
+
+@gpu
+@pytest.mark.parametrize("variant", ["regression", "flow"])
+def test_cuda_graphs_fuse_like_eager(variant, text):
+    m = small_module(variant, text).cuda()
+    pairs = {s: torch.rand(2, 1, 3, s, s, device="cuda").unbind(0) for s in (64, 96)}
+
+    def fuse_all(bf16=False, shifts=1):
+        m.patch_shifts = shifts
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                return {s: m.fuse(a, b, PROMPT, steps=3) for s, (a, b) in pairs.items()}
+        finally:
+            m.patch_shifts = 1
+
+    ref, ref_bf16, ref_shifted = fuse_all(), fuse_all(bf16=True), fuse_all(shifts=2)
+    accelerate(m, cuda_graphs=True)
+    out = fuse_all()
+    first = out[64].clone()
+    for s in pairs:
+        torch.testing.assert_close(out[s], ref[s], rtol=1e-4, atol=1e-5)
+    assert len(m.codec.encode.graphs) == len(m.codec.decode.graphs) == len(m.ema.forward.graphs) == 2  # per size
+    for s, o in fuse_all(bf16=True).items():
+        torch.testing.assert_close(o, ref_bf16[s], rtol=1e-3, atol=2e-3)
+    for s, o in fuse_all(shifts=2).items():  # shifted copies: views of graph outputs, averaged
+        torch.testing.assert_close(o, ref_shifted[s], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out[64], first)  # later replays did not overwrite an earlier result
