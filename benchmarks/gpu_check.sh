@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Issue 7's GPU measurements in one short script (about 9 minutes on one H100/H200 for all steps, a hard stop at
-# $DEADLINE s): the CUDA-graphs test, fusion latency (B preset, the GPU codec preset, bf16, CUDA graphs), training
-# throughput of the B preset at 256 px (batch 128), eager latency with the classical baseline, a 4096 px tiled
-# pair's peak GPU memory, the codec's reconstruction PSNR (fast AutoencoderTiny preset vs SD-sized AutoencoderKL
-# after the same short training), the SD-sized codec's latency, and torch.compile'd latency at 1024 px. Each
+# $DEADLINE s): the CUDA-graphs test, fusion latency (B preset, the GPU codec preset, bf16, CUDA graphs), the same
+# with torch.compile at 1024 px, training throughput of the B preset at 256 px (batch 128), eager latency with
+# the classical baseline, a 4096 px tiled pair's peak GPU memory, the codec's reconstruction PSNR (fast
+# AutoencoderTiny preset vs SD-sized AutoencoderKL after the same short training), the SD-sized codec's latency. Each
 # step has a time limit; a failed or skipped step does not stop the others; the most important ones run first.
 #
 # Usage, in a session whose task has a GPU, from the repo root:
 #   bash benchmarks/gpu_prepare.sh                 # here, once: missing wheels + MiniLM tokenizer -> .gpu_assets/
 #   device run: command "bash benchmarks/gpu_check.sh", carry [".gpu_assets"], timeout_s 600
 #   a subset: "ONLY='tests graphs throughput' DEADLINE=200 bash benchmarks/gpu_check.sh"
-#   (steps: tests graphs throughput eager big codec kl compile)
+#   (steps, in order: tests graphs compile throughput eager big codec kl)
 # Results in $OUT (or the folder given as $1; default gpu_check/): log.txt, latency_graphs.json, throughput.json,
 # latency.json, latency_4096.json, codec_psnr.json, latency_compiled.json (7 files, all small; the device tool
 # returns 8 at most; a latency JSON of a step stopped at its limit holds the rows it finished).
@@ -78,6 +78,11 @@ step tests 60 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py
 step graphs 90 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${G[@]}" --no-baseline \
   --json "$OUT/latency_graphs.json" "${TEXT[@]}"
 
+# -- torch.compile (inductor; regional: the DiT blocks, codec encoder and decoder) under CUDA graphs at 1024 px.
+#    The whole-model compile ran past 150 s on an H200; the regional one compiles one block for twelve.
+step compile 240 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --compile default "${G[@]}" --size $S1 --steps 4 \
+  --no-baseline --json "$OUT/latency_compiled.json" "${TEXT[@]}"
+
 # -- training throughput of the B preset at 256 px --------------------------------------------------------------
 step throughput 100 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --json "$OUT/throughput.json" "${TEXT[@]}"
 
@@ -112,9 +117,5 @@ EOF
 # -- the SD-sized AutoencoderKL's latency (what the fast preset saves); log only: 8 files come back ------------
 step kl 60 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${G[@]}" --size $S1 --steps 4 --no-baseline \
   codec.kind=kl codec.factor=8 "codec.block_channels=$KL" codec.layers_per_block=$KLL "${TEXT[@]}"
-
-# -- torch.compile (inductor) of the DiT and the codec at 1024 px; the B preset's compile took > 150 s on an H200
-step compile 240 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --compile default --size $S1 --steps 4 \
-  --no-baseline --json "$OUT/latency_compiled.json" "${TEXT[@]}"
 
 echo "== done in ${SECONDS}s; results in $OUT:"; ls -la "$OUT"

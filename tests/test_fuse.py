@@ -183,6 +183,8 @@ def test_compile_and_channels_last_keep_outputs(text):
     ref = m.fuse(a, b, ["Remove the haze."])
     keys = set(m.state_dict())
     accelerate(m, "default", backend="eager", channels_last=True)
+    compiled = [part._compiled_call_impl is not None for part in [*m.ema.blocks, m.ema.final, m.ema, m.dit]]
+    assert compiled == [True] * (len(m.ema.blocks) + 1) + [False, False]  # regional: the blocks, not the model
     out = m.fuse(a, b, ["Remove the haze."])
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     assert set(m.state_dict()) == keys  # checkpoints stay loadable
