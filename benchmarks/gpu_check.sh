@@ -79,7 +79,7 @@ step graphs 90 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${G[@
   --json "$OUT/latency_graphs.json" "${TEXT[@]}"
 
 # -- torch.compile (inductor; regional: the DiT blocks, codec encoder and decoder) under CUDA graphs at 1024 px.
-#    The whole-model compile ran past 150 s on an H200; the regional one compiles one block for twelve.
+#    The whole-model compile ran past 150 s on an H200; the regional one makes three graphs for the twelve blocks.
 step compile 240 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --compile default "${G[@]}" --size $S1 --steps 4 \
   --no-baseline --json "$OUT/latency_compiled.json" "${TEXT[@]}"
 

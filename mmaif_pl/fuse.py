@@ -88,9 +88,9 @@ def accelerate(module, compile_mode: Optional[str] = None, backend: str = "induc
         ae.to(memory_format=torch.channels_last)
     if compile_mode:
         mode = None if compile_mode == "default" else compile_mode
-        # Regional compilation: the DiT's blocks share their code, so dynamo compiles one graph for the
-        # twelve (two: the first block has no value residual) instead of tracing the unrolled model
-        # (B preset, CPU: 26 s against 66 s; the whole-model compile ran past 150 s on an H200).
+        # Regional compilation: the DiT's blocks share their code, so dynamo compiles three graphs for the
+        # twelve (block 0 has no value residual, block 1 gets block 0's strided values) instead of tracing
+        # the unrolled model (B preset, CPU: 26 s against 66 s; the whole model ran past 150 s on an H200).
         for part in [*module.ema.blocks, module.ema.final]:
             part.compile(backend=backend, mode=mode)
         if ae is not None:
@@ -250,7 +250,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codec", help="codec folder (default: the one named in the checkpoint)")
     p.add_argument("--compile", metavar="MODE", help="torch.compile the denoiser and a learned codec "
                    "(default | reduce-overhead | max-autotune); pays on GPU for many pairs of one size")
-    p.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs of the DiT and the codec "
-                   "(GPU; one capture per image size, with or without --compile): removes the launch overhead of batch 1")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs of the DiT and the codec (GPU; "
+                   "one capture per image size, with or without --compile): removes the launch overhead of batch 1")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory for a learned codec (GPU)")
     p.set_defaults(func=cmd_fuse)
