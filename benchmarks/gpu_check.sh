@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Issue 7's GPU measurements in one short script (about 9 minutes on one H100/H200 for all steps, a hard stop at
-# $DEADLINE s): the CUDA-graphs test, fusion latency (B preset, the GPU codec preset, bf16, CUDA graphs), the same
-# with torch.compile at 1024 px, training throughput of the B preset at 256 px (batch 128), eager latency with
-# the classical baseline, a 4096 px tiled pair's peak GPU memory, the codec's reconstruction PSNR (fast
-# AutoencoderTiny preset vs SD-sized AutoencoderKL after the same short training), the SD-sized codec's latency. Each
-# step has a time limit; a failed or skipped step does not stop the others; the most important ones run first.
+# Issue 7's GPU measurements in one short script (about 10 minutes on one H100/H200 for all steps, a hard stop at
+# $DEADLINE s): the CUDA-graphs test, fusion latency (B preset, the GPU codec preset, bf16, CUDA graphs), the
+# same with torch.compile at 1024 px, training throughput of the B preset at 256 px (batch 128; eager, then
+# compiled), eager latency with the classical baseline, a 4096 px tiled pair's peak GPU memory, the codec's
+# reconstruction PSNR (fast AutoencoderTiny preset vs SD-sized AutoencoderKL after the same short training) and
+# the SD-sized codec's latency. Each step has a time limit; a failed or skipped step does not stop the others;
+# the most important ones run first.
 #
 # Usage, in a session whose task has a GPU, from the repo root:
 #   bash benchmarks/gpu_prepare.sh                 # here, once: missing wheels + MiniLM tokenizer -> .gpu_assets/
 #   device run: command "bash benchmarks/gpu_check.sh", carry [".gpu_assets"], timeout_s 600
 #   a subset: "ONLY='tests graphs throughput' DEADLINE=200 bash benchmarks/gpu_check.sh"
-#   (steps, in order: tests graphs compile throughput eager big codec kl)
+#   (steps, in order: tests graphs compile throughput trainc eager big codec kl)
 # Results in $OUT (or the folder given as $1; default gpu_check/): log.txt, latency_graphs.json, throughput.json,
 # latency.json, latency_4096.json, codec_psnr.json, latency_compiled.json (7 files, all small; the device tool
 # returns 8 at most; a latency JSON of a step stopped at its limit holds the rows it finished).
@@ -85,6 +86,9 @@ step compile 240 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --co
 
 # -- training throughput of the B preset at 256 px --------------------------------------------------------------
 step throughput 100 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --json "$OUT/throughput.json" "${TEXT[@]}"
+
+# -- the same with the DiT's blocks compiled (regional torch.compile, forward and backward) ----------------------
+step trainc 150 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --compile "${TEXT[@]}"  # log only
 
 # -- latency, eager (host-bound at batch 1 on an H200), with the classical baseline on the CPU ------------------
 step eager 120 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" "${LE[@]}" --codec-bf16 --json "$OUT/latency.json" "${TEXT[@]}"
