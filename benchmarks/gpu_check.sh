@@ -65,7 +65,7 @@ EOF
   TEXT=("text.encoder=$W/minilm")
 fi
 B=(--device cuda --preset B)
-G=(--cuda-graphs --channels-last) L=() LE=(--warmup 3 --repeats 10) T=(--batch 128 --warmup 3 --steps 10) CS=600 NW=12 ACC=gpu KL="[128,256,512,512]" KLL=2 S4=4096 S1=1024
+G=(--cuda-graphs --channels-last --bf16-weights) L=() LE=(--warmup 3 --repeats 10) T=(--batch 128 --warmup 3 --steps 10) CS=600 NW=12 ACC=gpu KL="[128,256,512,512]" KLL=2 S4=4096 S1=1024
 if [[ ${SMOKE:-0} == 1 ]]; then  # a CPU dry run of the plumbing (minutes): tiny model, tiny sizes, few steps
   B=(--device cpu --preset tiny) G=() L=(--size 128 --repeats 1 --warmup 0) LE=() T=(--batch 2 --crop 128 --steps 1 --warmup 0)
   CS=2 NW=0 ACC=cpu KL="[16,16,16,16]" KLL=1 S4=512 S1=128
@@ -75,7 +75,8 @@ fi
 [[ -n ${TEXT[*]} ]] && export MMAIF_TEST_TEXT_ENCODER=${TEXT[0]#text.encoder=}
 step tests 60 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py
 
-# -- latency: B preset, AutoencoderTiny f8x16 (experiments/scale/gpu.yaml), bf16, CUDA graphs, channels-last --
+# -- latency: B preset, AutoencoderTiny f8x16 (experiments/scale/gpu.yaml), bf16, CUDA graphs, channels-last,
+#    bf16 matmul weights (the 2026-11-26 table in docs/speed.md was measured without them) ----------------------
 step graphs 90 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${G[@]}" --no-baseline \
   --json "$OUT/latency_graphs.json" "${TEXT[@]}"
 

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mmaif_pl import config  # noqa: E402
+from mmaif_pl.fuse import store_matmul_weights  # noqa: E402
 from mmaif_pl.models.dit import DiTSpec, FusionDiT  # noqa: E402
 
 # aten ops that only re-describe memory (no kernel on any device)
@@ -55,15 +56,19 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="B")
     p.add_argument("--grid", type=int, default=32, help="latent side (32 = a 256 px pair in an f8 latent)")
     p.add_argument("--no-autocast", action="store_true", help="float32, without bf16 autocast's casts")
+    p.add_argument("--bf16-weights", action="store_true",
+                   help="Linear/Conv2d weights stored in bf16 (mmaif fuse --bf16-weights): autocast's casts of them go")
     p.add_argument("--top", type=int, default=10)
     p.add_argument("overrides", nargs="*", help="model.* overrides, e.g. model.moe=false")
     args = p.parse_args(argv)
     cfg = config.load([], [f"model.preset={args.preset}", *args.overrides])
     spec = DiTSpec.from_config(cfg.model)
     print(f"preset {args.preset} ({spec.hidden} x {spec.depth}, {spec.heads} heads), {args.grid} x {args.grid} "
-          f"latent, {'float32' if args.no_autocast else 'bf16 autocast'}")
+          f"latent, {'float32' if args.no_autocast else 'bf16 autocast'}{', bf16 weights' if args.bf16_weights else ''}")
     for variant, inputs, timestep in (("regression", 2, False), ("flow", 3, True)):
         dit = FusionDiT(cfg.codec.channels, inputs, 384, spec, timestep=timestep).eval()
+        if args.bf16_weights:
+            store_matmul_weights(dit)
         ops = count(dit, inputs, args.grid, 384, not args.no_autocast)
         kernels = {k: v for k, v in ops.items() if k not in VIEWS}
         top = ", ".join(f"{k} {v}" for k, v in collections.Counter(kernels).most_common(args.top))

@@ -212,6 +212,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=30.0, help="stop repeating a setting after this long (>= 1 run)")
     p.add_argument("--compile", metavar="MODE", help="torch.compile (default | reduce-overhead | max-autotune)")
     p.add_argument("--cuda-graphs", action="store_true", help="CUDA graphs of the eager DiT and codec (GPU)")
+    p.add_argument("--bf16-weights", action="store_true", help="the DiT's matmul weights stored in bf16 (GPU bf16)")
     p.add_argument("--channels-last", action="store_true", help="channels-last codec convolutions")
     p.add_argument("--codec-bf16", action="store_true", help="run a learned codec under bf16 autocast (GPU)")
     p.add_argument("--no-bf16", action="store_true", help="GPU: keep the DiT in float32")
@@ -225,6 +226,8 @@ def main(argv=None) -> int:
 
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
+    if args.bf16_weights and not (gpu and not args.no_bf16):
+        p.error("--bf16-weights needs the DiT under bf16 autocast: a CUDA device, without --no-bf16")
     if args.threads:  # on a busy machine, 1 thread avoids OpenMP threads spinning at barriers for a descheduled peer
         import cv2
 
@@ -246,7 +249,7 @@ def main(argv=None) -> int:
             continue
         module = module.to(device)
         accelerate(module, args.compile, channels_last=args.channels_last, codec_bf16=args.codec_bf16,
-                   cuda_graphs=args.cuda_graphs)
+                   cuda_graphs=args.cuda_graphs, bf16_weights=args.bf16_weights)
         fuser = Fuser(module, device=str(device), tile=tile, overlap=args.overlap, bf16=gpu and not args.no_bf16,
                       patch_shifts=args.patch_shifts)
         timer = PartTimer(module, device)
@@ -255,7 +258,7 @@ def main(argv=None) -> int:
             header = {"device": name, "cpu": cpu_name(), "threads": torch.get_num_threads(), "weights": weights,
                       "preset": mc.preset, "codec": f"{cc.kind} f{cc.factor}x{cc.channels}", "tile": tile,
                       "dit_bf16": fuser.bf16, "codec_bf16": args.codec_bf16 and gpu, "compile": args.compile,
-                      "cuda_graphs": args.cuda_graphs,
+                      "cuda_graphs": args.cuda_graphs, "bf16_weights": args.bf16_weights,
                       "channels_last": args.channels_last, "patch_shifts": args.patch_shifts,
                       "baseline": f"restore_and_fuse({BASELINE_TASK!r}, {BASELINE_DEGRADATIONS}) on the CPU "
                       f"(OpenCV, {cpu_name()})"}

@@ -70,14 +70,29 @@ def keep_chroma_of(fused: np.ndarray, source: np.ndarray) -> np.ndarray:
     return np.clip(cv2.cvtColor(s, cv2.COLOR_YCrCb2RGB), 0.0, 1.0)
 
 
+def store_matmul_weights(module: torch.nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
+    """Keep the weights and biases of `module`'s Linear and Conv2d layers in `dtype`, in place.
+
+    Under autocast to `dtype` this changes no output bit: autocast casts exactly these tensors to `dtype` on
+    every call (one kernel each: 490 of the 1 882 kernels of a B forward, benchmarks/kernel_count.py), and
+    every other parameter stays float32. Without that autocast the layers would get float32 inputs: only
+    for inference under it."""
+    for m in module.modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+            m.to(dtype)
+
+
 def accelerate(module, compile_mode: Optional[str] = None, backend: str = "inductor",
-               channels_last: bool = False, codec_bf16: bool = False, cuda_graphs: bool = False):
-    """Opt-in inference fast paths that keep the module's behaviour (weights, state_dict keys, outputs up to
-    float rounding): `torch.compile` of the sampling denoiser (the EMA DiT) and of a learned codec's encoder
-    and decoder (in place, `nn.Module.compile`; `compile_mode` e.g. "default", "max-autotune"), CUDA graphs
-    of the denoiser and codec (`cuda_graphs`: one capture per image size, of the eager or the compiled
-    code), channels-last memory for the codec's convolutions, and bf16 autocast for a learned codec on GPU.
-    All are off by default; each pays on GPU, none pays for the CPU preset (measured in docs/speed.md)."""
+               channels_last: bool = False, codec_bf16: bool = False, cuda_graphs: bool = False,
+               bf16_weights: bool = False):
+    """Opt-in inference fast paths that keep the module's behaviour (state_dict keys, outputs up to float
+    rounding): `torch.compile` of the sampling denoiser (the EMA DiT) and of a learned codec's encoder and
+    decoder (in place, `nn.Module.compile`; `compile_mode` e.g. "default", "max-autotune"), CUDA graphs of
+    the denoiser and codec (`cuda_graphs`: one capture per image size, of the eager or the compiled code),
+    bf16 storage of the denoiser's matmul weights (`bf16_weights`: bit-exact under bf16 autocast, which the
+    caller must run it under; see `store_matmul_weights`), channels-last memory for the codec's
+    convolutions, and bf16 autocast for a learned codec on GPU. All are off by default; each pays on GPU,
+    none pays for the CPU preset (measured in docs/speed.md)."""
     if cuda_graphs:
         if compile_mode == "reduce-overhead":
             raise UserError("compile mode reduce-overhead already uses CUDA graphs: use it or cuda_graphs, not both")
@@ -86,6 +101,8 @@ def accelerate(module, compile_mode: Optional[str] = None, backend: str = "induc
     ae = getattr(module.codec, "ae", None)
     if channels_last and ae is not None:
         ae.to(memory_format=torch.channels_last)
+    if bf16_weights:  # before compiling or capturing, which would bake in the casts of float32 weights
+        store_matmul_weights(module.ema)
     if compile_mode:
         mode = None if compile_mode == "default" else compile_mode
         # Regional compilation: the DiT's blocks share their code, so dynamo compiles three graphs for the
@@ -118,13 +135,14 @@ class Fuser:
     """A trained model ready to fuse pairs: `Fuser(ckpt)(a, b, prompt) -> fused` (numpy HxWx3 in [0, 1]).
 
     `checkpoint` may also be a FusionModule already in memory (tests, benchmarks). `compile` (a torch.compile
-    mode, e.g. "default"), `cuda_graphs` and `channels_last` switch on the fast paths of `accelerate`."""
+    mode, e.g. "default"), `cuda_graphs`, `bf16_weights` and `channels_last` switch on the fast paths of
+    `accelerate`."""
 
     def __init__(self, checkpoint, device: str = "auto", steps: Optional[int] = None,
                  tile: int = 512, overlap: int = 64, color: str = "model", seed: int = 0,
                  codec_path: Optional[str] = None, bf16: Optional[bool] = None,
                  compile: Optional[str] = None, channels_last: bool = False, time_shift: Optional[float] = None,
-                 patch_shifts: int = 1, cuda_graphs: bool = False):
+                 patch_shifts: int = 1, cuda_graphs: bool = False, bf16_weights: bool = False):
         from .lit.fusion import FusionModule, load_module
         from .models.dit import ensemble_shifts
 
@@ -138,11 +156,14 @@ class Fuser:
         except ValueError as exc:
             raise UserError(f"--patch-shifts: {exc}") from None
         self.module.patch_shifts = patch_shifts
-        if compile or channels_last or cuda_graphs:
-            accelerate(self.module, compile, channels_last=channels_last, cuda_graphs=cuda_graphs)
+        self.bf16 = (self.device.type == "cuda") if bf16 is None else bf16
+        if bf16_weights and not self.bf16:
+            raise UserError("bf16 weights need the DiT under bf16 autocast (the GPU default; bf16=True on a CPU)")
+        if compile or channels_last or cuda_graphs or bf16_weights:
+            accelerate(self.module, compile, channels_last=channels_last, cuda_graphs=cuda_graphs,
+                       bf16_weights=bf16_weights)
         self.steps, self.tile, self.overlap, self.color, self.seed = steps, tile, overlap, color, seed
         self.time_shift = time_shift
-        self.bf16 = (self.device.type == "cuda") if bf16 is None else bf16
         self.variant = self.module.variant
 
     @torch.no_grad()
@@ -203,7 +224,8 @@ def cmd_fuse(args) -> int:
     fuser = Fuser(args.checkpoint, device=args.device, steps=args.steps, time_shift=args.time_shift,
                   tile=args.tile, overlap=args.overlap,
                   color=args.color, seed=args.seed, codec_path=args.codec, compile=args.compile,
-                  channels_last=args.channels_last, patch_shifts=args.patch_shifts, cuda_graphs=args.cuda_graphs)
+                  channels_last=args.channels_last, patch_shifts=args.patch_shifts, cuda_graphs=args.cuda_graphs,
+                  bf16_weights=args.bf16_weights)
     start = time.perf_counter()
     for i, (name, pa, pb, prompt, dest) in enumerate(jobs, 1):
         a, b = read_image(pa), read_image(pb)
@@ -252,5 +274,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default | reduce-overhead | max-autotune); pays on GPU for many pairs of one size")
     p.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs of the DiT and the codec (GPU; "
                    "one capture per image size, with or without --compile): removes the launch overhead of batch 1")
+    p.add_argument("--bf16-weights", action="store_true", help="keep the DiT's matmul weights in bf16 (GPU): the "
+                   "same output bits under the GPU's bf16 autocast, without casting them on every call")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory for a learned codec (GPU)")
     p.set_defaults(func=cmd_fuse)

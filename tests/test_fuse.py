@@ -274,3 +274,24 @@ def test_patch_shifts_run_the_dit_on_shifted_copies(module):
     assert out[2].shape == out[1].shape and not np.allclose(out[2], out[1])
     again = Fuser(module, device="cpu", tile=0)(a, b, "Remove the noise.")
     np.testing.assert_array_equal(again, out[1])  # the default is the single pass again
+
+
+@pytest.mark.parametrize("variant", ["regression", "flow"])
+def test_bf16_weights_give_the_same_bits_under_bf16_autocast(text, variant):
+    """`--bf16-weights` stores the DiT's Linear/Conv2d weights as autocast would cast them on every call:
+    the fused image is bit-identical, and every other parameter stays float32."""
+    torch.manual_seed(0)
+    codec = LatentCodec("linear", 4, 16)
+    codec.linear.basis.copy_(torch.linalg.qr(torch.randn(48, 16))[0].T)
+    m = build_module(load([], SMALL + [f"train.variant={variant}"]), codec, text).eval()
+    randomize(m.ema)
+    a, b = photo_pair(96)
+    ref = Fuser(m, device="cpu", bf16=True)(a, b)
+    with pytest.raises(UserError, match="bf16 autocast"):
+        Fuser(m, device="cpu", bf16_weights=True)  # float32 inputs would meet bf16 weights
+    out = Fuser(m, device="cpu", bf16=True, bf16_weights=True)(a, b)
+    block = m.ema.blocks[1]
+    assert block.attn.qkv.weight.dtype == block.naf.conv1.bias.dtype == torch.bfloat16
+    assert block.pe.table.dtype == block.naf.beta.dtype == block.attn.eta_logit.dtype == torch.float32
+    assert m.dit.blocks[1].attn.qkv.weight.dtype == torch.float32  # the trained DiT is not touched
+    np.testing.assert_array_equal(out, ref)
