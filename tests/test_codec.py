@@ -74,6 +74,7 @@ def test_residual_learned_codec_starts_as_the_linear_one(kind, linear, photos):
 
 
 def test_learned_codec_trains_and_round_trips(tmp_path, linear, photos):
+    torch.manual_seed(0)  # the init and the KL's latent samples: not whatever earlier tests left in the RNG
     codec = LatentCodec("kl", 4, 16, [8, 16, 16])
     codec.linear.load_state_dict(linear.linear.state_dict())
     module = CodecModule(codec, lr=1e-3)
@@ -81,13 +82,15 @@ def test_learned_codec_trains_and_round_trips(tmp_path, linear, photos):
     x = torch.cat([p[..., :32, :32] for p in photos[0]])
     module.log_dict = lambda *a, **k: None
     losses = []
-    for _ in range(8):
+    for _ in range(30):
         loss = module.training_step(x, 0)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < losses[0]
+    # Adam's first steps push the loss up before it falls (8 steps ended within 2% of the start, and one CI
+    # run above it); after 30 the mean of the last 5 is 0.69-0.76 of the start over 20 seeds
+    assert sum(losses[-5:]) / 5 < 0.9 * losses[0]
     assert all(p.grad is not None for p in codec.ae.decoder.parameters() if p.requires_grad)
     codec.eval().requires_grad_(False)
     codec.measure_stats([x])
