@@ -85,6 +85,13 @@ def randomize(module: torch.nn.Module, std: float = 0.02) -> None:
                 p.normal_(0, std)
 
 
+def random_basis(codec) -> None:
+    """An orthonormal random basis in place of the linear codec's PCA fit (the same cost)."""
+    if codec.linear is not None:
+        q = torch.linalg.qr(torch.randn(codec.linear.basis.shape[1], codec.channels))[0]
+        codec.linear.basis.copy_(q.T)
+
+
 def build(cfg, variant: str, checkpoint: str | None, codec_dir: str | None = None):
     from mmaif_pl.lit.fusion import build_module, load_module
     from mmaif_pl.models.codec import LatentCodec
@@ -100,9 +107,7 @@ def build(cfg, variant: str, checkpoint: str | None, codec_dir: str | None = Non
         cfg.codec.factor, cfg.codec.channels = codec.factor, codec.channels
     else:
         codec = LatentCodec.from_config(cfg.codec)
-        if codec.linear is not None:  # an orthonormal random basis stands in for the PCA fit
-            q = torch.linalg.qr(torch.randn(codec.linear.basis.shape[1], codec.channels))[0]
-            codec.linear.basis.copy_(q.T)
+        random_basis(codec)
     module = build_module(cfg, codec, TextEncoder(cfg.text.encoder, cfg.text.max_length, cfg.text.normalize))
     randomize(module.ema)
     return module.eval(), "random (latency does not depend on the weights)"
@@ -189,9 +194,8 @@ def time_baseline(size: int, repeats: int, budget_s: float) -> float:
 
 
 def write_json(out: Path, data: dict) -> None:
-    from mmaif_pl.atomic import atomic_write_text
+    from mmaif_pl.atomic import atomic_write_text  # creates the folder, writes a temporary file, renames
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(data, indent=1) + "\n")
 
 

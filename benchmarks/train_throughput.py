@@ -22,7 +22,6 @@ codec) times the encode with channels-last memory and with bf16 too, the fast pa
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -64,17 +63,17 @@ def main(argv=None) -> int:
     p.add_argument("--root", help="dataset root with pairs of at least --crop pixels (default: a temporary one)")
     p.add_argument("--variant", default="regression", choices=["regression", "flow"])
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the DiT being trained, regionally (each block, as mmaif_pl.fuse.accelerate)")
+                   help="torch.compile the DiT being trained, regionally (mmaif_pl.fuse.compile_blocks)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 gives stable figures on a busy machine)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = p.parse_intermixed_args(argv)
 
     from data_throughput import make_dataset
-    from latency import cpu_name, randomize
+    from latency import cpu_name, random_basis, randomize, write_json
 
     from mmaif_pl.data.datamodule import FusionDataModule
-    from mmaif_pl.fuse import resolve_device
+    from mmaif_pl.fuse import compile_blocks, resolve_device
     from mmaif_pl.lit.callbacks import update_ema
     from mmaif_pl.lit.fusion import build_module
     from mmaif_pl.models.codec import LatentCodec
@@ -106,15 +105,13 @@ def main(argv=None) -> int:
 
     torch.manual_seed(0)
     codec = LatentCodec.from_config(cfg.codec) if cfg.codec.kind != "pretrained" else LatentCodec.load(cfg.codec.path)
-    if codec.linear is not None:
-        codec.linear.basis.copy_(torch.linalg.qr(torch.randn(codec.linear.basis.shape[1], codec.channels))[0].T)
+    random_basis(codec)
     module = build_module(cfg, codec, TextEncoder(cfg.text.encoder, cfg.text.max_length, cfg.text.normalize))
     randomize(module.dit)
     module = module.to(device).train()
     module._frozen_to_device()
-    if args.compile:  # regional: the twelve blocks share compiled graphs, the unrolled model would not
-        for part in [*module.dit.blocks, module.dit.final]:
-            part.compile()
+    if args.compile:
+        compile_blocks(module.dit)
     opt = module.configure_optimizers()["optimizer"]
     sync = (lambda: torch.cuda.synchronize(device)) if gpu else (lambda: None)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -197,15 +194,12 @@ def main(argv=None) -> int:
               + ", ".join(f"{k} {v:.1f}" for k, v in codec_options.items()))
     print(f"training throughput {train_rate:.1f} images/s at {args.crop}x{args.crop}; limited by {limit}")
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"device": name, "preset": cfg.model.preset, "codec": f"{cfg.codec.kind} "
-                                   f"f{cfg.codec.factor}x{cfg.codec.channels}", "batch": bs, "crop": args.crop,
-                                   "workers": workers, "bf16": bf16, "variant": args.variant,
-                                   "images_per_s": {k: round(v, 2) for k, v in res.items()}, "limit": limit,
-                                   "codec_fast_paths_images_per_s": {k: round(v, 2) for k, v in codec_options.items()}},
-                                  indent=1) + "\n")
-        print(f"wrote {out}")
+        write_json(Path(args.json), {
+            "device": name, "preset": cfg.model.preset, "codec": f"{cfg.codec.kind} f{cfg.codec.factor}x{cfg.codec.channels}",
+            "batch": bs, "crop": args.crop, "workers": workers, "bf16": bf16, "variant": args.variant,
+            "images_per_s": {k: round(v, 2) for k, v in res.items()}, "limit": limit,
+            "codec_fast_paths_images_per_s": {k: round(v, 2) for k, v in codec_options.items()}})
+        print(f"wrote {args.json}")
     tmp.cleanup()
     return 0
 
