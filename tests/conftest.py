@@ -26,3 +26,21 @@ def embedded_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("embedded") / "data"
     build(out, counts={"train": 6, "test": 3}, log=lambda *a, **k: None)
     return out
+
+
+def randomize(module, std=0.02):
+    """Random values in place of a model's zero-initialised tensors (adaLN up-projections, gates, output
+    layer, block PE), so a test model's output depends on every part."""
+    import torch
+
+    with torch.no_grad():
+        for p in module.parameters():
+            if not p.any():
+                p.normal_(0, std)
+
+
+def random_basis(codec):
+    """An orthonormal random basis in place of the linear codec's PCA fit."""
+    import torch
+
+    codec.linear.basis.copy_(torch.linalg.qr(torch.randn(codec.linear.basis.shape[1], codec.channels))[0].T)

@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+from conftest import random_basis, randomize
 
 from mmaif_pl.config import load
 from mmaif_pl.cuda_graphs import CUDAGraphed
@@ -33,12 +34,9 @@ def small_module(variant: str, text):
     """A learned (AutoencoderTiny) codec and a small DiT with random weights in place of the zero-initialised."""
     torch.manual_seed(0)
     codec = LatentCodec("tiny", 4, 16, block_channels=[16, 16, 16]).eval()
-    codec.linear.basis.copy_(torch.linalg.qr(torch.randn(48, 16))[0].T)
+    random_basis(codec)
     m = build_module(load([], SMALL + [f"train.variant={variant}"]), codec, text).eval()
-    with torch.no_grad():
-        for p in m.ema.parameters():
-            if not p.any():
-                p.normal_(0, 0.02)
+    randomize(m.ema)
     return m
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import random_basis, randomize
 
 from mmaif_pl.config import load
 from mmaif_pl.errors import UserError
@@ -29,13 +30,6 @@ def photo_pair(size: int) -> tuple[np.ndarray, np.ndarray]:
     img = skimage.data.astronaut().astype(np.float32)[:size, :size] / 255
     gray = cv2.GaussianBlur(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), (0, 0), 2)
     return np.clip(img * 0.6, 0, 1), np.repeat(gray[..., None], 3, 2)
-
-
-def randomize(module, std=0.02):
-    with torch.no_grad():
-        for p in module.parameters():
-            if not p.any():
-                p.normal_(0, std)
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +157,7 @@ def test_flow_tiles_share_the_noise_seed(text):
     """Flow sampling draws its noise per tile from the same seed: tiled output stays deterministic."""
     torch.manual_seed(0)
     codec = LatentCodec("linear", 4, 16)
-    codec.linear.basis.copy_(torch.linalg.qr(torch.randn(48, 16))[0].T)
+    random_basis(codec)
     m = build_module(load([], SMALL + ["train.variant=flow"]), codec, text).eval()
     randomize(m.ema)
     a, b = photo_pair(200)
@@ -176,7 +170,7 @@ def test_compile_and_channels_last_keep_outputs(text):
     traces the model with dynamo (graph breaks, guards) without paying for code generation here."""
     torch.manual_seed(0)
     codec = LatentCodec("tiny", 4, 16, block_channels=[16, 16, 16]).eval()
-    codec.linear.basis.copy_(torch.linalg.qr(torch.randn(48, 16))[0].T)
+    random_basis(codec)
     m = build_module(load([], SMALL), codec, text).eval()
     randomize(m.ema)
     a, b = torch.rand(2, 1, 3, 64, 64).unbind(0)
@@ -237,7 +231,7 @@ def test_fuse_command_tiles_a_large_pair(tmp_path, text):
 
     torch.manual_seed(0)
     codec = LatentCodec("linear", 4, 16)
-    codec.linear.basis.copy_(torch.linalg.qr(torch.randn(48, 16))[0].T)
+    random_basis(codec)
     codec.save(tmp_path / "codec")
     m = build_module(load([], SMALL + [f"codec.path={tmp_path / 'codec'}"]), codec, text)
     randomize(m.ema)
@@ -282,7 +276,7 @@ def test_bf16_weights_give_the_same_bits_under_bf16_autocast(text, variant):
     the fused image is bit-identical, and every other parameter stays float32."""
     torch.manual_seed(0)
     codec = LatentCodec("linear", 4, 16)
-    codec.linear.basis.copy_(torch.linalg.qr(torch.randn(48, 16))[0].T)
+    random_basis(codec)
     m = build_module(load([], SMALL + [f"train.variant={variant}"]), codec, text).eval()
     randomize(m.ema)
     a, b = photo_pair(96)
