@@ -144,8 +144,12 @@ def rows(entries: dict, noise: dict[str, dict]) -> list[dict]:
         ref = name if name in noise else _reference_for(name, entries)  # a seeded model: against its seed mean
         row["reference"] = ref
         paired = ref is not None and _variant_of(name) != name  # same checkpoint, other sampling
-        ref_mean = (noise[ref]["mean"]["mean"] if ref in noise and not paired else mean_psnr(entries[ref])) \
-            if ref else math.nan
+        if ref is None:
+            ref_mean = math.nan
+        elif ref in noise and not paired:
+            ref_mean = noise[ref]["mean"]["mean"]
+        else:
+            ref_mean = mean_psnr(entries[ref])
         row["delta_psnr"] = row["psnr_mean"] - ref_mean
         row["seed_range"] = ""
         if ref in noise and name != ref and _replicate_of(name) is None and not paired:
