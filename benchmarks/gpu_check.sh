@@ -11,7 +11,7 @@
 #   bash benchmarks/gpu_prepare.sh                 # here, once: missing wheels + MiniLM tokenizer -> .gpu_assets/
 #   device run: command "bash benchmarks/gpu_check.sh", carry [".gpu_assets"], timeout_s 600
 #   a subset: "ONLY='tests graphs throughput' DEADLINE=200 bash benchmarks/gpu_check.sh"
-#   (steps, in order: tests graphs compile throughput trainc eager big codec kl)
+#   (steps, in order: tests graphs unfused compile throughput trainc eager big codec kl)
 # Results in $OUT (or the folder given as $1; default gpu_check/): log.txt, latency_graphs.json, throughput.json,
 # latency.json, latency_4096.json, codec_psnr.json, latency_compiled.json (7 files, all small; the device tool
 # returns 8 at most; a latency JSON of a step stopped at its limit holds the rows it finished).
@@ -65,20 +65,27 @@ EOF
   TEXT=("text.encoder=$W/minilm")
 fi
 B=(--device cuda --preset B)
-G=(--cuda-graphs --channels-last --bf16-weights) L=() LE=(--warmup 3 --repeats 10) T=(--batch 128 --warmup 3 --steps 10) CS=600 NW=12 ACC=gpu KL="[128,256,512,512]" KLL=2 S4=4096 S1=1024
+G=(--cuda-graphs --channels-last --bf16-weights --fused-blocks) U1=("${G[@]:0:3}") U2=("${G[@]:0:2}") L=() LE=(--warmup 3 --repeats 10) T=(--batch 128 --warmup 3 --steps 10) CS=600 NW=12 ACC=gpu KL="[128,256,512,512]" KLL=2 S4=4096 S1=1024
 if [[ ${SMOKE:-0} == 1 ]]; then  # a CPU dry run of the plumbing (minutes): tiny model, tiny sizes, few steps
-  B=(--device cpu --preset tiny) G=() L=(--size 128 --repeats 1 --warmup 0) LE=() T=(--batch 2 --crop 128 --steps 1 --warmup 0)
+  B=(--device cpu --preset tiny) G=(--fused-blocks) U1=() U2=() L=(--size 128 --repeats 1 --warmup 0) LE=() T=(--batch 2 --crop 128 --steps 1 --warmup 0)
   CS=2 NW=0 ACC=cpu KL="[16,16,16,16]" KLL=1 S4=512 S1=128
 fi
 
 # -- tests: CUDA graphs give eager's fused images (tests/test_cuda_graphs.py) ---------------------------------
 [[ -n ${TEXT[*]} ]] && export MMAIF_TEST_TEXT_ENCODER=${TEXT[0]#text.encoder=}
-step tests 60 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py
+step tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_fused_blocks.py
 
 # -- latency: B preset, AutoencoderTiny f8x16 (experiments/scale/gpu.yaml), bf16, CUDA graphs, channels-last,
-#    bf16 matmul weights (the 2026-11-26 table in docs/speed.md was measured without them) ----------------------
+#    bf16 matmul weights, the DiT rewritten into fewer kernels (the 2026-11-26 table in docs/speed.md was measured
+#    with graphs and channels-last only) ------------------------------------------------------------------------
 step graphs 90 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${G[@]}" --no-baseline \
   --json "$OUT/latency_graphs.json" "${TEXT[@]}"
+
+# -- the same at 1024 px without the rewrite (--fused-blocks) and without bf16 weights: what each saves; log only
+step unfused 45 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${U1[@]}" \
+  --size $S1 --steps 4 --no-baseline "${TEXT[@]}"
+step unfused 45 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${U2[@]}" \
+  --size $S1 --steps 4 --no-baseline "${TEXT[@]}"
 
 # -- torch.compile (inductor; regional: the DiT blocks, codec encoder and decoder) under CUDA graphs at 1024 px.
 #    The whole-model compile ran past 150 s on an H200; the regional one makes three graphs for the twelve blocks.

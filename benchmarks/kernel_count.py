@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from mmaif_pl import config  # noqa: E402
 from mmaif_pl.fuse import store_matmul_weights  # noqa: E402
+from mmaif_pl.fused_blocks import fuse_blocks  # noqa: E402
 from mmaif_pl.models.dit import DiTSpec, FusionDiT  # noqa: E402
 
 # aten ops that only re-describe memory (no kernel on any device)
@@ -46,9 +47,17 @@ class OpCounter(TorchDispatchMode):
 def count(dit: FusionDiT, inputs: int, grid: int, text_dim: int, autocast: bool) -> collections.Counter:
     x = torch.randn(1, dit.latent_channels * inputs, grid, grid)
     t = torch.rand(1) if dit.t_embed is not None else None
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), OpCounter() as counter:
-        dit(x, torch.randn(1, text_dim), t)
+    text = torch.randn(1, text_dim)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        dit(x, text, t)  # the steady state of a sampling loop: what a call makes once per grid is made here
+        with OpCounter() as counter:
+            dit(x, text, t)
     return counter.ops
+
+
+def launches(ops: collections.Counter) -> collections.Counter:
+    """The operations that launch a kernel: all but the views."""
+    return collections.Counter({k: v for k, v in ops.items() if k not in VIEWS})
 
 
 def main(argv=None) -> int:
@@ -58,20 +67,25 @@ def main(argv=None) -> int:
     p.add_argument("--no-autocast", action="store_true", help="float32, without bf16 autocast's casts")
     p.add_argument("--bf16-weights", action="store_true",
                    help="Linear/Conv2d weights stored in bf16 (mmaif fuse --bf16-weights): autocast's casts of them go")
+    p.add_argument("--fused-blocks", action="store_true",
+                   help="the sampling rewrite of mmaif fuse --fused-blocks (mmaif_pl/fused_blocks.py)")
     p.add_argument("--top", type=int, default=10)
     p.add_argument("overrides", nargs="*", help="model.* overrides, e.g. model.moe=false")
     args = p.parse_args(argv)
     cfg = config.load([], [f"model.preset={args.preset}", *args.overrides])
     spec = DiTSpec.from_config(cfg.model)
     print(f"preset {args.preset} ({spec.hidden} x {spec.depth}, {spec.heads} heads), {args.grid} x {args.grid} "
-          f"latent, {'float32' if args.no_autocast else 'bf16 autocast'}{', bf16 weights' if args.bf16_weights else ''}")
+          f"latent, {'float32' if args.no_autocast else 'bf16 autocast'}{', bf16 weights' if args.bf16_weights else ''}"
+          f"{', fused blocks' if args.fused_blocks else ''}")
     for variant, inputs, timestep in (("regression", 2, False), ("flow", 3, True)):
-        dit = FusionDiT(cfg.codec.channels, inputs, 384, spec, timestep=timestep).eval()
+        dit = FusionDiT(cfg.codec.channels, inputs, 384, spec, timestep=timestep).eval().requires_grad_(False)
+        if args.fused_blocks:  # before storing weights in bf16, as mmaif_pl.fuse.accelerate does
+            fuse_blocks(dit)
         if args.bf16_weights:
             store_matmul_weights(dit)
         ops = count(dit, inputs, args.grid, 384, not args.no_autocast)
-        kernels = {k: v for k, v in ops.items() if k not in VIEWS}
-        top = ", ".join(f"{k} {v}" for k, v in collections.Counter(kernels).most_common(args.top))
+        kernels = launches(ops)
+        top = ", ".join(f"{k} {v}" for k, v in kernels.most_common(args.top))
         print(f"{variant:<11} {sum(kernels.values()):>5} kernels ({sum(ops.values())} aten ops with views); {top}")
     return 0
 

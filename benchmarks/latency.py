@@ -217,6 +217,8 @@ def main(argv=None) -> int:
     p.add_argument("--compile", metavar="MODE", help="torch.compile (default | reduce-overhead | max-autotune)")
     p.add_argument("--cuda-graphs", action="store_true", help="CUDA graphs of the eager DiT and codec (GPU)")
     p.add_argument("--bf16-weights", action="store_true", help="the DiT's matmul weights stored in bf16 (GPU bf16)")
+    p.add_argument("--fused-blocks", action="store_true",
+                   help="the DiT rewritten into fewer kernels (mmaif fuse --fused-blocks, mmaif_pl/fused_blocks.py)")
     p.add_argument("--channels-last", action="store_true", help="channels-last codec convolutions")
     p.add_argument("--codec-bf16", action="store_true", help="run a learned codec under bf16 autocast (GPU)")
     p.add_argument("--no-bf16", action="store_true", help="GPU: keep the DiT in float32")
@@ -253,7 +255,7 @@ def main(argv=None) -> int:
             continue
         module = module.to(device)
         accelerate(module, args.compile, channels_last=args.channels_last, codec_bf16=args.codec_bf16,
-                   cuda_graphs=args.cuda_graphs, bf16_weights=args.bf16_weights)
+                   cuda_graphs=args.cuda_graphs, bf16_weights=args.bf16_weights, fused_blocks=args.fused_blocks)
         fuser = Fuser(module, device=str(device), tile=tile, overlap=args.overlap, bf16=gpu and not args.no_bf16,
                       patch_shifts=args.patch_shifts)
         timer = PartTimer(module, device)
@@ -263,12 +265,14 @@ def main(argv=None) -> int:
                       "preset": mc.preset, "codec": f"{cc.kind} f{cc.factor}x{cc.channels}", "tile": tile,
                       "dit_bf16": fuser.bf16, "codec_bf16": args.codec_bf16 and gpu, "compile": args.compile,
                       "cuda_graphs": args.cuda_graphs, "bf16_weights": args.bf16_weights,
+                      "fused_blocks": args.fused_blocks,
                       "channels_last": args.channels_last, "patch_shifts": args.patch_shifts,
                       "baseline": f"restore_and_fuse({BASELINE_TASK!r}, {BASELINE_DEGRADATIONS}) on the CPU "
                       f"(OpenCV, {cpu_name()})"}
             print(f"model: preset {mc.preset}, codec {header['codec']}, weights {weights}; "
                   f"tile {tile or 'off'}, DiT bf16 {fuser.bf16}, codec bf16 {header['codec_bf16']}, "
-                  f"compile {args.compile or 'off'}, CUDA graphs {'on' if args.cuda_graphs else 'off'}")
+                  f"compile {args.compile or 'off'}, CUDA graphs {'on' if args.cuda_graphs else 'off'}, "
+                  f"fused blocks {'on' if args.fused_blocks else 'off'}")
             print(f"{'variant':<11}{'size':>6}{'steps':>6}{'ms':>10}{'encode':>9}{'dit':>9}{'decode':>9}"
                   f"{'cpu ms':>9}{'tiles':>6}{'base ms':>10}{'ratio':>7}{'rss MB':>8}")
         for size in args.size:

@@ -93,13 +93,14 @@ def compile_blocks(dit: torch.nn.Module, backend: str = "inductor", mode: Option
 
 def accelerate(module, compile_mode: Optional[str] = None, backend: str = "inductor",
                channels_last: bool = False, codec_bf16: bool = False, cuda_graphs: bool = False,
-               bf16_weights: bool = False):
+               bf16_weights: bool = False, fused_blocks: bool = False):
     """Opt-in inference fast paths that keep the module's behaviour (state_dict keys, outputs up to float
     rounding): `torch.compile` of the sampling denoiser (the EMA DiT) and of a learned codec's encoder and
     decoder (in place, `nn.Module.compile`; `compile_mode` e.g. "default", "max-autotune"), CUDA graphs of
     the denoiser and codec (`cuda_graphs`: one capture per image size, of the eager or the compiled code),
     bf16 storage of the denoiser's matmul weights (`bf16_weights`: bit-exact under bf16 autocast, which the
-    caller must run it under; see `store_matmul_weights`), channels-last memory for the codec's
+    caller must run it under; see `store_matmul_weights`), the denoiser rewritten into fewer kernels
+    (`fused_blocks`: mmaif_pl/fused_blocks.py, the same function up to float rounding), channels-last memory for the codec's
     convolutions, and bf16 autocast for a learned codec on GPU. All are off by default; each pays on GPU,
     none pays for the CPU preset (measured in docs/speed.md)."""
     if cuda_graphs:
@@ -110,6 +111,10 @@ def accelerate(module, compile_mode: Optional[str] = None, backend: str = "induc
     ae = getattr(module.codec, "ae", None)
     if channels_last and ae is not None:
         ae.to(memory_format=torch.channels_last)
+    if fused_blocks:  # first: the rewrite makes new Linear layers, which the steps below then treat
+        from .fused_blocks import fuse_blocks
+
+        fuse_blocks(module.ema)
     if bf16_weights:  # before compiling or capturing, which would bake in the casts of float32 weights
         store_matmul_weights(module.ema)
     if compile_mode:
@@ -140,14 +145,15 @@ class Fuser:
     """A trained model ready to fuse pairs: `Fuser(ckpt)(a, b, prompt) -> fused` (numpy HxWx3 in [0, 1]).
 
     `checkpoint` may also be a FusionModule already in memory (tests, benchmarks). `compile` (a torch.compile
-    mode, e.g. "default"), `cuda_graphs`, `bf16_weights` and `channels_last` switch on the fast paths of
-    `accelerate`."""
+    mode, e.g. "default"), `cuda_graphs`, `bf16_weights`, `fused_blocks` and `channels_last` switch on the
+    fast paths of `accelerate`."""
 
     def __init__(self, checkpoint, device: str = "auto", steps: Optional[int] = None,
                  tile: int = 512, overlap: int = 64, color: str = "model", seed: int = 0,
                  codec_path: Optional[str] = None, bf16: Optional[bool] = None,
                  compile: Optional[str] = None, channels_last: bool = False, time_shift: Optional[float] = None,
-                 patch_shifts: int = 1, cuda_graphs: bool = False, bf16_weights: bool = False):
+                 patch_shifts: int = 1, cuda_graphs: bool = False, bf16_weights: bool = False,
+                 fused_blocks: bool = False):
         from .lit.fusion import FusionModule, load_module
         from .models.dit import ensemble_shifts
 
@@ -164,9 +170,9 @@ class Fuser:
         self.bf16 = (self.device.type == "cuda") if bf16 is None else bf16
         if bf16_weights and not self.bf16:
             raise UserError("bf16 weights need the DiT under bf16 autocast (the GPU default; bf16=True on a CPU)")
-        if compile or channels_last or cuda_graphs or bf16_weights:
+        if compile or channels_last or cuda_graphs or bf16_weights or fused_blocks:
             accelerate(self.module, compile, channels_last=channels_last, cuda_graphs=cuda_graphs,
-                       bf16_weights=bf16_weights)
+                       bf16_weights=bf16_weights, fused_blocks=fused_blocks)
         self.steps, self.tile, self.overlap, self.color, self.seed = steps, tile, overlap, color, seed
         self.time_shift = time_shift
         self.variant = self.module.variant
@@ -230,7 +236,7 @@ def cmd_fuse(args) -> int:
                   tile=args.tile, overlap=args.overlap,
                   color=args.color, seed=args.seed, codec_path=args.codec, compile=args.compile,
                   channels_last=args.channels_last, patch_shifts=args.patch_shifts, cuda_graphs=args.cuda_graphs,
-                  bf16_weights=args.bf16_weights)
+                  bf16_weights=args.bf16_weights, fused_blocks=args.fused_blocks)
     start = time.perf_counter()
     for i, (name, pa, pb, prompt, dest) in enumerate(jobs, 1):
         a, b = read_image(pa), read_image(pb)
@@ -281,5 +287,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "one capture per image size, with or without --compile): removes the launch overhead of batch 1")
     p.add_argument("--bf16-weights", action="store_true", help="keep the DiT's matmul weights in bf16 (GPU): the "
                    "same output bits under the GPU's bf16 autocast, without casting them on every call")
+    p.add_argument("--fused-blocks", action="store_true", help="rewrite the DiT's MoE, attention and NAFBlocks "
+                   "into fewer, larger kernels from the same weights (2.3x fewer per B forward; the same output "
+                   "up to float rounding)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory for a learned codec (GPU)")
     p.set_defaults(func=cmd_fuse)

@@ -28,6 +28,15 @@ def embedded_data(tmp_path_factory) -> Path:
     return out
 
 
+def text_encoder():
+    """The packaged MiniLM, or the one MMAIF_TEST_TEXT_ENCODER names (the GPU benchmark machine has a
+    same-architecture stand-in, benchmarks/gpu_check.sh)."""
+    from mmaif_pl.models.text import TextEncoder
+
+    path = os.environ.get("MMAIF_TEST_TEXT_ENCODER")
+    return TextEncoder(path) if path else TextEncoder()
+
+
 def randomize(module, std=0.02):
     """Random values in place of a model's zero-initialised tensors (adaLN up-projections, gates, output
     layer, block PE), so a test model's output depends on every part."""

@@ -5,11 +5,9 @@ bf16 autocast, one graph per image size, results that later replays do not overw
 ensemble. The GPU tests read the text encoder from MMAIF_TEST_TEXT_ENCODER when set (the GPU benchmark
 machine has a same-architecture stand-in for the packaged MiniLM).
 """
-import os
-
 import pytest
 import torch
-from conftest import random_basis, randomize
+from conftest import random_basis, randomize, text_encoder
 
 from mmaif_pl.config import load
 from mmaif_pl.cuda_graphs import CUDAGraphed
@@ -17,7 +15,6 @@ from mmaif_pl.errors import UserError
 from mmaif_pl.fuse import Fuser, accelerate
 from mmaif_pl.lit.fusion import build_module
 from mmaif_pl.models.codec import LatentCodec
-from mmaif_pl.models.text import TextEncoder
 
 SMALL = ["model.hidden=64", "model.depth=2", "model.heads=2", "model.pe_grid=8"]
 PROMPT = ["Remove the haze."]
@@ -26,8 +23,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
 
 @pytest.fixture(scope="module")
 def text():
-    path = os.environ.get("MMAIF_TEST_TEXT_ENCODER")
-    return TextEncoder(path) if path else TextEncoder()
+    return text_encoder()
 
 
 def small_module(variant: str, text):

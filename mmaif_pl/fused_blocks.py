@@ -1,0 +1,191 @@
+"""A sampling-time rewrite of a trained FusionDiT into fewer, larger kernels, computing the same function.
+
+At batch 1 on a GPU the DiT is launch-bound: a B forward issues about 1 900 kernels (docs/speed.md,
+benchmarks/kernel_count.py), and even a CUDA graph replays each at a few microseconds. `fuse_blocks`
+rewrites, in place and from the same weights, the parts that launch most:
+
+  MoE       the routed experts and the shared one as one SwiGLU of their summed width (w_shared = 1):
+                sum_e w_e (W2_e h_e + b2_e) = [W2_1 ... W2_K] [w_1 h_1; ...; w_K h_K] + sum_e w_e b2_e,
+                h_e = SiLU(W1_e x) * W3_e x
+            two GEMMs instead of 2K, no T x E x D stack, and no balance loss (a training quantity).
+  RoPE      q and k rotated in one pass, the rotation of a pair (x1, x2) written as
+                (x1, x2) * (cos, cos) + (x2, x1) * (-sin, sin),
+            its tables cached per token grid.
+  NAFBlock  on the tokens as they lie (B x h x w x D): the 1x1 convolutions as Linear layers on the same
+            weights, the depthwise 3x3 on a channels-last view; no permute copies around the LayerNorms.
+  value residual  lerp(V, V_prev, eta) with eta = sigmoid(a) evaluated once.
+  block PE  the table resized to a grid once per grid.
+
+The rewritten modules copy the weights: load a checkpoint first, then rewrite (loading into a rewritten
+DiT fails on its keys). Sampling only: a DiT with parameters that require grad is refused, and the MoE's
+auxiliary balance loss comes out as 0. Outputs match the original up to float rounding
+(tests/test_fused_blocks.py); `store_matmul_weights`, `compile_blocks` and CUDA graphs apply on top.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import UserError
+from .models.dit import FusionDiT
+from .models.layers import Attention, BlockPE, MoESwiGLU, NAFBlock, RoPE2D
+
+
+def _linear(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Linear:
+    """An nn.Linear holding copies of `weight` (out x in, or a 1x1 conv's out x in x 1 x 1) and `bias`."""
+    weight = weight.detach().flatten(1)
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
+                      device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias.detach())
+    return layer.requires_grad_(False)
+
+
+def _cached(cache: dict, key: tuple, make):
+    """cache[key], made on first use; computed afresh under torch.compile, which traces `make` instead."""
+    if torch.compiler.is_compiling():
+        return make()
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
+class FusedMoE(nn.Module):
+    """MoESwiGLU as one wide SwiGLU whose hidden units are scaled by their expert's combine weight."""
+
+    def __init__(self, moe: MoESwiGLU):
+        super().__init__()
+        self.router, self.top_k = moe.router, moe.top_k
+        experts = [*moe.experts, *([moe.shared] if moe.shared is not None else [])]
+        self.routed, self.width = moe.experts_n, experts[0].w2.in_features
+        # rows ordered [W1_1 .. W1_K, W3_1 .. W3_K], so that one chunk(2) splits the gate from the value
+        w1, w3 = zip(*(e.w13.weight.chunk(2) for e in experts))
+        b1, b3 = zip(*(e.w13.bias.chunk(2) for e in experts))
+        self.w13 = _linear(torch.cat([*w1, *w3]), torch.cat([*b1, *b3]))
+        self.w2 = _linear(torch.cat([e.w2.weight for e in experts], dim=1), None)
+        self.b2 = nn.Parameter(torch.stack([e.w2.bias.detach() for e in experts]), requires_grad=False)  # K x D
+
+    # the routing is MoESwiGLU's own: softmax over the router's logits, top-k, renormalised
+    route = MoESwiGLU.route
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = x.reshape(-1, x.shape[-1])
+        weights = self.route(flat)[0]  # T x E
+        mix = F.pad(weights, (0, self.b2.shape[0] - self.routed), value=1.0)  # the shared expert's weight is 1
+        gate, value = self.w13(flat).chunk(2, dim=-1)
+        hidden = F.silu(gate) * value  # T x K*width
+        hidden = (hidden.unflatten(-1, (-1, self.width)) * mix.unsqueeze(-1).to(hidden.dtype)).flatten(1)
+        out = torch.addmm(mix @ self.b2, hidden, self.w2.weight.t())
+        return out.reshape(x.shape[:-1] + out.shape[-1:]), x.new_zeros(())
+
+
+class PairRoPE(nn.Module):
+    """RoPE2D's angles as the two tables of `rotate_pairs`, (cos, cos) and (-sin, sin): (N x hd/2 x 2) each,
+    cached per grid."""
+
+    def __init__(self, rope: RoPE2D):
+        super().__init__()
+        self.rope = rope
+        self.cache: dict = {}
+
+    def forward(self, h: int, w: int, extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        def make():
+            cos, sin = self.rope(h, w, extra)
+            return torch.stack([cos, cos], dim=-1), torch.stack([-sin, sin], dim=-1)
+
+        return _cached(self.cache, (h, w, extra, self.rope.freqs.device), make)
+
+
+def rotate_pairs(x: torch.Tensor, cos_cos: torch.Tensor, neg_sin_sin: torch.Tensor) -> torch.Tensor:
+    """apply_rope on x (... x N x 2 x H x hd, q and k stacked): (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
+    pairs = x.float().unflatten(-1, (-1, 2))  # ... N x 2 x H x hd/2 x 2
+    cos_cos, neg_sin_sin = cos_cos[:, None, None], neg_sin_sin[:, None, None]  # N x 1 x 1 x hd/2 x 2
+    return torch.addcmul(pairs * cos_cos, pairs.flip(-1), neg_sin_sin).flatten(-2).type_as(x)
+
+
+class FusedAttention(nn.Module):
+    """Attention with q and k rotated together (tables from PairRoPE) and the value residual as one lerp."""
+
+    def __init__(self, attn: Attention):
+        super().__init__()
+        self.heads, self.qkv, self.proj = attn.heads, attn.qkv, attn.proj
+        self.eta = None if attn.eta_logit is None else float(torch.sigmoid(attn.eta_logit.detach()))
+
+    def forward(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                v_prev: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None):
+        qkv = self.qkv(x).unflatten(-1, (3, self.heads, -1))  # B x N x 3 x H x hd
+        qk = qkv[:, :, :2] if rope is None else rotate_pairs(qkv[:, :, :2], *rope)
+        q, k = qk.permute(2, 0, 3, 1, 4)  # each B x H x N x hd
+        v = qkv[:, :, 2].transpose(1, 2)
+        if self.eta is not None and v_prev is not None:
+            v = torch.lerp(v, v_prev.to(v.dtype), self.eta)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).flatten(2)), v
+
+
+class TokenNAFBlock(nn.Module):
+    """NAFBlock computed on the token layout. FusionDiTBlock hands it the grid as a B x D x h x w view of its
+    B x N x D tokens; permuted back, that view is contiguous again, so nothing is copied to change layout."""
+
+    def __init__(self, naf: NAFBlock):
+        super().__init__()
+        self.norm1, self.norm2 = naf.norm1.norm, naf.norm2.norm
+        self.conv1 = _linear(naf.conv1.weight, naf.conv1.bias)
+        self.dwconv = naf.dwconv
+        self.sca = _linear(naf.sca[1].weight, naf.sca[1].bias)
+        self.conv2 = _linear(naf.conv2.weight, naf.conv2.bias)
+        self.ffn1 = _linear(naf.ffn1.weight, naf.ffn1.bias)
+        self.ffn2 = _linear(naf.ffn2.weight, naf.ffn2.bias)
+        self.beta = nn.Parameter(naf.beta.detach().flatten().clone(), requires_grad=False)
+        self.gamma = nn.Parameter(naf.gamma.detach().flatten().clone(), requires_grad=False)
+
+    @staticmethod
+    def gate(x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=-1)
+        return a * b
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:  # B x D x h x w
+        x = grid.permute(0, 2, 3, 1)  # B x h x w x D
+        y = self.conv1(self.norm1(x))
+        y = self.gate(self.dwconv(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))  # depthwise conv, channels-last
+        y = y * self.sca(y.mean(dim=(1, 2), keepdim=True))  # simplified channel attention
+        x = torch.addcmul(x, self.beta, self.conv2(y))
+        x = torch.addcmul(x, self.gamma, self.ffn2(self.gate(self.ffn1(self.norm2(x)))))
+        return x.permute(0, 3, 1, 2)
+
+
+class CachedBlockPE(nn.Module):
+    """BlockPE with its resized table kept per grid (a sampled image size keeps its grid)."""
+
+    def __init__(self, pe: BlockPE):
+        super().__init__()
+        self.pe = pe
+        self.cache: dict = {}
+
+    def forward(self, h: int, w: int) -> torch.Tensor:
+        return _cached(self.cache, (h, w, self.pe.table.device, self.pe.table.dtype), lambda: self.pe(h, w))
+
+
+def fuse_blocks(dit: FusionDiT) -> FusionDiT:
+    """Rewrite a trained, frozen FusionDiT in place for sampling (module docstring); returns it."""
+    trainable = [name for name, p in dit.named_parameters() if p.requires_grad]
+    if trainable:
+        raise UserError(f"fuse_blocks rewrites a DiT for sampling, but {len(trainable)} of its parameters require "
+                        f"grad (e.g. {trainable[0]}); rewrite a frozen copy, e.g. the EMA DiT")
+    if dit.rope is not None and not isinstance(dit.rope, PairRoPE):
+        dit.rope = PairRoPE(dit.rope)
+    for block in dit.blocks:
+        if isinstance(block.pe, BlockPE):
+            block.pe = CachedBlockPE(block.pe)
+        if isinstance(block.naf, NAFBlock):
+            block.naf = TokenNAFBlock(block.naf)
+        if isinstance(block.attn, Attention):
+            block.attn = FusedAttention(block.attn)
+        if isinstance(block.ffn, MoESwiGLU):
+            block.ffn = FusedMoE(block.ffn)
+    return dit

@@ -1,0 +1,171 @@
+"""The sampling rewrite (mmaif_pl/fused_blocks.py): the same function as the DiT it rewrites, for every
+ablation switch that changes a rewritten part, in float32 and under bf16 autocast; fewer kernels; refused on
+a DiT being trained; `mmaif fuse --fused-blocks` on a real pair."""
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import random_basis, randomize, shared_dataset, text_encoder
+
+from mmaif_pl.config import load
+from mmaif_pl.errors import UserError
+from mmaif_pl.fuse import Fuser, store_matmul_weights
+from mmaif_pl.fused_blocks import FusedAttention, FusedMoE, PairRoPE, TokenNAFBlock, fuse_blocks
+from mmaif_pl.lit.fusion import build_module
+from mmaif_pl.models.codec import LatentCodec
+from mmaif_pl.models.dit import DiTSpec, FusionDiT
+from mmaif_pl.models.layers import DenseFFN
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = ["model.hidden=64", "model.depth=3", "model.heads=2", "model.pe_grid=8"]
+SWITCHES = {  # each changes what a rewritten part computes
+    "paper": [],
+    "text_tokens": ["model.text_tokens=true"],
+    "no_shared_expert": ["model.shared_expert=false", "model.top_k=1"],
+    "no_rope_no_value_residual": ["model.rope=false", "model.value_residual=false"],
+    "no_moe_no_naf_no_pe": ["model.moe=false", "model.nafblock=false", "model.block_pe=false"],
+}
+
+
+def frozen_dit(overrides: list[str], inputs: int) -> FusionDiT:
+    spec = DiTSpec.from_config(load([], SMALL + overrides).model)
+    dit = FusionDiT(16, inputs, 384, spec, timestep=inputs == 3).eval().requires_grad_(False)
+    randomize(dit)
+    return dit
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.float() - ref.float()).norm() / ref.float().norm())
+
+
+@pytest.mark.parametrize("inputs", [2, 3], ids=["regression", "flow"])
+@pytest.mark.parametrize("switches", list(SWITCHES), ids=list(SWITCHES))
+def test_rewrite_computes_the_same_function(switches, inputs):
+    torch.manual_seed(0)
+    dit = frozen_dit(SWITCHES[switches], inputs)
+    fused = fuse_blocks(copy.deepcopy(dit))
+    spec = dit.spec
+    args = (torch.randn(2, 16 * inputs, 13, 10), torch.randn(2, 384),  # an odd grid: padded, not square
+            torch.rand(2) if inputs == 3 else None)
+    if spec.text_tokens:
+        args += (torch.randn(2, 5, 384), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).bool())
+    with torch.no_grad():
+        ref, out = dit(*args)[0], fused(*args)[0]
+        out_again = fused(*args)[0]  # the cached PE / RoPE tables are the ones it made
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref_bf16, out_bf16 = dit(*args)[0], fused(*args)[0]
+    assert relative_error(out, ref) < 1e-5
+    torch.testing.assert_close(out_again, out, rtol=0, atol=0)
+    # bf16 rounds differently in a different order of operations, but no worse than the original does
+    assert relative_error(out_bf16, ref) < 2 * relative_error(ref_bf16, ref) + 1e-3
+    blocks = list(fused.blocks)
+    assert all(isinstance(b.attn, FusedAttention) for b in blocks)
+    assert all(isinstance(b.ffn, DenseFFN if not spec.moe else FusedMoE) for b in blocks)
+    assert all((b.naf is None) == (not spec.nafblock) and (b.naf is None or isinstance(b.naf, TokenNAFBlock))
+               for b in blocks)
+    assert isinstance(fused.rope, PairRoPE) if spec.rope else fused.rope is None
+
+
+def test_rewrite_launches_fewer_kernels():
+    """Counted as benchmarks/kernel_count.py counts them (aten operations that are not views), B preset."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from kernel_count import count, launches
+
+    spec = DiTSpec.from_config(load([], ["model.preset=B"]).model)
+    torch.manual_seed(0)
+    dit = FusionDiT(16, 2, 384, spec, timestep=False).eval().requires_grad_(False)
+    fused = fuse_blocks(copy.deepcopy(dit))
+    kernels = {}
+    for name, model, autocast in (("fp32", dit, False), ("bf16", dit, True), ("fused_fp32", fused, False)):
+        kernels[name] = launches(count(model, 2, 8, 384, autocast)).total()
+    store_matmul_weights(fused)
+    kernels["fused_bf16"] = launches(count(fused, 2, 8, 384, True)).total()
+    assert kernels["fused_fp32"] < 0.6 * kernels["fp32"], kernels  # measured: 663 of 1196
+    assert kernels["fused_bf16"] < 0.45 * kernels["bf16"], kernels  # with bf16 weights: 799 of 1881
+
+
+def test_rewrite_refuses_a_dit_being_trained():
+    dit = frozen_dit([], 2).requires_grad_(True)
+    with pytest.raises(UserError, match=r"require grad \(e\.g\. embed\.weight\)"):
+        fuse_blocks(dit)
+
+
+def fusion_module(variant: str):
+    """A small FusionModule (linear codec, random weights in place of the zero-initialised ones)."""
+    torch.manual_seed(0)
+    codec = LatentCodec("linear", 4, 16)
+    random_basis(codec)
+    m = build_module(load([], SMALL + [f"train.variant={variant}"]), codec, text_encoder()).eval()
+    randomize(m.ema)
+    with torch.no_grad():
+        m.ema.final.linear.weight.normal_(0, 0.1)  # a fused latent of image-like magnitude
+    return m
+
+
+@pytest.mark.parametrize("variant", ["regression", "flow"])
+def test_fuser_with_fused_blocks_on_a_real_pair(variant):
+    """A RoadScene visible / infrared pair fused with and without the rewrite: the same image; the trained
+    DiT is left alone; bf16 weights stay bit-exact on top of the rewrite."""
+    from mmaif_pl.data.io import read_image
+
+    root = shared_dataset("vif/RoadScene")
+    a, b = (read_image(root / kind / "FLIR_00211.jpg") for kind in ("vi", "ir"))
+    ref = Fuser(fusion_module(variant), device="cpu", steps=2, tile=0)(a, b, "Remove the noise.")
+    m = fusion_module(variant)
+    out = Fuser(m, device="cpu", steps=2, tile=0, fused_blocks=True)(a, b, "Remove the noise.")
+    assert out.shape == a.shape and out.std() > 0.01
+    np.testing.assert_allclose(out, ref, atol=2e-5)
+    assert isinstance(m.ema.blocks[0].ffn, FusedMoE) and not isinstance(m.dit.blocks[0].ffn, FusedMoE)
+    bf16 = Fuser(fusion_module(variant), device="cpu", steps=2, tile=0, bf16=True, fused_blocks=True)(a, b)
+    bf16_weights = Fuser(fusion_module(variant), device="cpu", steps=2, tile=0, bf16=True, fused_blocks=True,
+                         bf16_weights=True)(a, b)
+    np.testing.assert_array_equal(bf16_weights, bf16)
+
+
+def test_fuse_command_with_fused_blocks(tmp_path):
+    """`mmaif fuse --fused-blocks` on a checkpoint and a real pair writes the image the plain command writes."""
+    from mmaif_pl.cli import main
+    from mmaif_pl.data.io import read_image
+
+    root = shared_dataset("vif/RoadScene")
+    m = fusion_module("regression")
+    m.codec.save(tmp_path / "codec")
+    torch.save({"state_dict": m.state_dict(), "mmaif": m.checkpoint_meta()}, tmp_path / "m.ckpt")
+    common = ["fuse", "--checkpoint", str(tmp_path / "m.ckpt"), "--codec", str(tmp_path / "codec"),
+              "--a", str(root / "vi" / "FLIR_00977.jpg"), "--b", str(root / "ir" / "FLIR_00977.jpg"), "--device", "cpu"]
+    assert main(common + ["--out", str(tmp_path / "plain.png")]) == 0
+    assert main(common + ["--out", str(tmp_path / "fused.png"), "--fused-blocks"]) == 0
+    plain, fused = read_image(tmp_path / "plain.png"), read_image(tmp_path / "fused.png")
+    assert np.abs(fused - plain).max() <= 1 / 255 + 1e-6  # at most one 8-bit level, where rounding tips over
+
+
+def test_rewrite_compiles_regionally():
+    """`accelerate(fused_blocks=True, compile)`: dynamo traces the rewritten blocks (the `eager` backend skips
+    code generation here) and gives the rewritten model's output; the caches are bypassed while compiling."""
+    from mmaif_pl.fuse import accelerate
+
+    m = fusion_module("regression")
+    a, b = torch.rand(2, 1, 3, 64, 48).unbind(0)
+    ref = m.fuse(a, b, ["Remove the haze."])
+    accelerate(m, "default", backend="eager", fused_blocks=True)
+    assert all(block._compiled_call_impl is not None for block in m.ema.blocks)
+    torch.testing.assert_close(m.fuse(a, b, ["Remove the haze."]), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("variant", ["regression", "flow"])
+def test_rewrite_under_cuda_graphs_and_bf16_weights(variant):
+    """The GPU fast paths together (the latency benchmark's): the same fused image as eager bf16."""
+    from mmaif_pl.fuse import accelerate
+
+    m = fusion_module(variant).cuda()
+    a, b = torch.rand(2, 1, 3, 96, 64, device="cuda").unbind(0)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        ref = m.fuse(a, b, ["Remove the haze."], steps=3)
+        accelerate(m, cuda_graphs=True, bf16_weights=True, fused_blocks=True)
+        out = [m.fuse(a, b, ["Remove the haze."], steps=3) for _ in range(2)]
+    torch.testing.assert_close(out[1], out[0], rtol=0, atol=0)
+    torch.testing.assert_close(out[0], ref, rtol=1e-2, atol=1e-2)
