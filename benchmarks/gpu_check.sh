@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 7's GPU measurements in one short script (about 10 minutes on one H100/H200 for all steps, a hard stop at
-# $DEADLINE s): the CUDA-graphs test, fusion latency (B preset, the GPU codec preset, bf16, CUDA graphs), the
-# same with torch.compile at 1024 px, training throughput of the B preset at 256 px (batch 128; eager, then
+# $DEADLINE s): the CUDA-graphs and rewrite tests, fusion latency (B preset, the GPU codec preset, bf16, CUDA
+# graphs, the DiT rewritten into fewer kernels), the same without the rewrite, a profile of it, the same with
+# torch.compile at 1024 px, training throughput of the B preset at 256 px (batch 128; eager, then
 # compiled), eager latency with the classical baseline, a 4096 px tiled pair's peak GPU memory, the codec's
 # reconstruction PSNR (fast AutoencoderTiny preset vs SD-sized AutoencoderKL after the same short training) and
 # the SD-sized codec's latency. Each step has a time limit; a failed or skipped step does not stop the others;
@@ -11,7 +12,7 @@
 #   bash benchmarks/gpu_prepare.sh                 # here, once: missing wheels + MiniLM tokenizer -> .gpu_assets/
 #   device run: command "bash benchmarks/gpu_check.sh", carry [".gpu_assets"], timeout_s 600
 #   a subset: "ONLY='tests graphs throughput' DEADLINE=200 bash benchmarks/gpu_check.sh"
-#   (steps, in order: tests graphs unfused compile throughput trainc eager big codec kl)
+#   (steps, in order: tests graphs unfused profile compile throughput trainc eager big codec kl)
 # Results in $OUT (or the folder given as $1; default gpu_check/): log.txt, latency_graphs.json, throughput.json,
 # latency.json, latency_4096.json, codec_psnr.json, latency_compiled.json (7 files, all small; the device tool
 # returns 8 at most; a latency JSON of a step stopped at its limit holds the rows it finished).
@@ -87,13 +88,18 @@ step unfused 45 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${U1
 step unfused 45 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${U2[@]}" \
   --size $S1 --steps 4 --no-baseline "${TEXT[@]}"
 
+# -- where the time of the graphs path goes at 1024 px: the top kernels by device time, device busy vs wall; log only
+step profile 60 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${G[@]}" --size $S1 --steps 4 --no-baseline \
+  --warmup 2 --repeats 3 --profile 25 "${TEXT[@]}"
+
 # -- torch.compile (inductor; regional: the DiT blocks, codec encoder and decoder) under CUDA graphs at 1024 px.
 #    The whole-model compile ran past 150 s on an H200; the regional one makes three graphs for the twelve blocks.
 step compile 240 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --compile default "${G[@]}" --size $S1 --steps 4 \
   --no-baseline --json "$OUT/latency_compiled.json" "${TEXT[@]}"
 
 # -- training throughput of the B preset at 256 px --------------------------------------------------------------
-step throughput 100 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --json "$OUT/throughput.json" "${TEXT[@]}"
+step throughput 120 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --profile 25 \
+  --json "$OUT/throughput.json" "${TEXT[@]}"
 
 # -- the same with the DiT's blocks compiled (regional torch.compile, forward and backward) ----------------------
 step trainc 150 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --compile "${TEXT[@]}"  # log only

@@ -140,8 +140,31 @@ class PartTimer:
             self.t[k] = 0.0
 
 
+def profile_table(fn, device: torch.device, top: int, calls: int = 3) -> str:
+    """torch.profiler over `calls` calls of fn: the `top` operations by self time on the device (on a CPU, by
+    CPU self time), headed by the wall time per call against the time the device was busy. Busy far below wall
+    means host-bound (launches and Python), busy close to wall means the kernels decide."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    sync()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        wall_ms = (time.perf_counter() - t0) * 1e3 / calls
+    events = prof.key_averages()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    busy_ms = sum(getattr(e, key) for e in events) / 1e3 / calls
+    head = (f"profile, {calls} calls: wall {wall_ms:.1f} ms per call, "
+            f"{'device' if cuda else 'CPU (all ops, self)'} busy {busy_ms:.1f} ms per call")
+    return head + "\n" + events.table(sort_by=key, row_limit=top)
+
+
 def time_model(fuser: Fuser, timer: PartTimer, size: int, steps: int, warmup: int, repeats: int,
-               budget_s: float) -> dict:
+               budget_s: float, profile: int = 0) -> dict:
     dev = fuser.device
     a_np, b_np = test_pair(size)
     tiled = fuser.tile > 0 and size > fuser.tile
@@ -176,6 +199,8 @@ def time_model(fuser: Fuser, timer: PartTimer, size: int, steps: int, warmup: in
         runs.append({"ms": (time.perf_counter() - t0) * 1e3, **{f"{k}_ms": v * 1e3 for k, v in timer.t.items()},
                      "cpu_ms": (time.process_time() - c0) * 1e3})
     med = {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]}
+    if profile:
+        print(profile_table(once, dev, profile), flush=True)
     return {**med, "tiles": n, "repeats": len(runs), "peak_rss_mb": peak_rss_mb(),
             "peak_gpu_mb": round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if dev.type == "cuda" else None}
 
@@ -225,6 +250,8 @@ def main(argv=None) -> int:
     p.add_argument("--patch-shifts", type=int, default=1, choices=(1, 2, 4),
                    help="test-time patch-shift ensemble (mmaif fuse --patch-shifts): N DiT passes per call")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after each row, the N operations that take the most device time (torch.profiler)")
     p.add_argument("--no-baseline", action="store_true", help="skip the classical baseline")
     p.add_argument("--json", help="write the results here")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. codec.kind=tiny")
@@ -277,7 +304,7 @@ def main(argv=None) -> int:
                   f"{'cpu ms':>9}{'tiles':>6}{'base ms':>10}{'ratio':>7}{'rss MB':>8}")
         for size in args.size:
             for steps in (args.steps if variant == "flow" else [1]):
-                r = time_model(fuser, timer, size, steps, warmup, repeats, args.budget_s)
+                r = time_model(fuser, timer, size, steps, warmup, repeats, args.budget_s, args.profile)
                 if not args.no_baseline and size not in baselines:
                     baselines[size] = time_baseline(size, min(repeats, 5), args.budget_s)
                 base = baselines.get(size)

@@ -64,13 +64,15 @@ def main(argv=None) -> int:
     p.add_argument("--variant", default="regression", choices=["regression", "flow"])
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the DiT being trained, regionally (mmaif_pl.fuse.compile_blocks)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after timing the DiT step, the N operations of it that take the most device time")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 gives stable figures on a busy machine)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = p.parse_intermixed_args(argv)
 
     from data_throughput import make_dataset
-    from latency import cpu_name, random_basis, randomize, write_json
+    from latency import cpu_name, profile_table, random_basis, randomize, write_json
 
     from mmaif_pl.data.datamodule import FusionDataModule
     from mmaif_pl.fuse import compile_blocks, resolve_device
@@ -170,6 +172,8 @@ def main(argv=None) -> int:
 
     dit_rate = rate(dit_step, bs, steps, warmup, sync)
     print(f"  dit {dit_rate:.1f} images/s", flush=True)
+    if args.profile:
+        print(profile_table(dit_step, device, args.profile), flush=True)
 
     # -- the whole loop ----------------------------------------------------------------------------------
     def train_step():

@@ -12,6 +12,7 @@ cache (a cached cast made outside the graph would be freed under it).
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Callable
 
 import torch
@@ -37,11 +38,15 @@ class CUDAGraphed:
     The first call with a new signature (argument shapes, dtypes, autocast state) runs `fn` `warmup` times on
     a side stream (cuDNN and cuBLAS pick their algorithms) and captures one more call; every call replays.
     Each signature holds its own graph and memory pool: an image size and each distinct tile shape add one.
+    At most `max_graphs` are kept (a folder of images of many sizes would otherwise hold one pool per size):
+    capturing one more drops the least recently replayed.
     """
 
-    def __init__(self, fn: Callable, warmup: int = 2):
-        self.fn, self.warmup = fn, warmup
-        self.graphs: dict[tuple, tuple[list, Any, torch.cuda.CUDAGraph]] = {}
+    def __init__(self, fn: Callable, warmup: int = 2, max_graphs: int = 8):
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs must be at least 1, got {max_graphs}")
+        self.fn, self.warmup, self.max_graphs = fn, warmup, max_graphs
+        self.graphs: OrderedDict[tuple, tuple[list, Any, torch.cuda.CUDAGraph]] = OrderedDict()
 
     def __call__(self, *args):
         if torch.is_grad_enabled():
@@ -50,7 +55,11 @@ class CUDAGraphed:
             if torch.is_tensor(a) and a.device.type != "cuda":
                 raise RuntimeError(f"CUDAGraphed needs CUDA tensors, got one on {a.device}")
         key = _signature(args)
-        if key not in self.graphs:
+        if key in self.graphs:
+            self.graphs.move_to_end(key)
+        else:
+            while len(self.graphs) >= self.max_graphs:
+                self.graphs.popitem(last=False)  # its graph, buffers and memory pool go with it
             self.graphs[key] = self._capture(args)
         static_in, static_out, graph = self.graphs[key]
         for buf, a in zip(static_in, args):

@@ -79,3 +79,29 @@ def test_cuda_graphs_fuse_like_eager(variant, text):
     for s, o in fuse_all(shifts=2).items():  # shifted copies: views of graph outputs, averaged
         torch.testing.assert_close(o, ref_shifted[s], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out[64], first)  # later replays did not overwrite an earlier result
+
+
+def test_graphed_callable_keeps_the_most_recent_graphs(monkeypatch):
+    """One graph per signature, at most `max_graphs`: a new one drops the least recently replayed (the capture
+    itself is replaced by a stand-in here; the GPU tests capture real graphs)."""
+    captured = []
+
+    class Replay:
+        def __init__(self, sig):
+            self.sig, self.replays = sig, 0
+
+        def replay(self):
+            self.replays += 1
+
+    def fake_capture(self, args):
+        captured.append(args)
+        return [], args, Replay(args)
+
+    monkeypatch.setattr(CUDAGraphed, "_capture", fake_capture)
+    graphed = CUDAGraphed(lambda n: n, max_graphs=2)
+    with torch.no_grad():
+        assert [graphed(n) for n in (1, 2, 1, 3, 1, 2)] == [(n,) for n in (1, 2, 1, 3, 1, 2)]
+    assert captured == [(1,), (2,), (3,), (2,)]  # 3 dropped 2 (1 was replayed after it), 2 came back
+    assert [key[0] for key in graphed.graphs] == [1, 2]
+    with pytest.raises(ValueError, match="max_graphs"):
+        CUDAGraphed(lambda: None, max_graphs=0)

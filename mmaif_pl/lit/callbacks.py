@@ -14,10 +14,13 @@ from ..config import atomic_write_text
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, over parameters (buffers are copied). DiT's `update_ema`."""
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach().to(e.dtype), 1 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
+    """ema <- decay * ema + (1 - decay) * model, over parameters (buffers are copied). DiT's `update_ema`, as one
+    multi-tensor lerp: a few kernels on a GPU instead of one per parameter (585 for B); on a CPU it is the same
+    per-tensor lerp, bit for bit."""
+    params = list(ema.parameters())
+    torch._foreach_lerp_(params, [p.detach().to(e.dtype) for e, p in zip(params, model.parameters(), strict=True)],
+                         1 - decay)
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)
 
 
