@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import random_basis, randomize
+from conftest import random_basis, randomize, text_encoder
 
 from mmaif_pl.config import load
 from mmaif_pl.errors import UserError
 from mmaif_pl.fuse import Fuser, _starts, accelerate, fuse_tiled
 from mmaif_pl.lit.fusion import build_module
 from mmaif_pl.models.codec import LatentCodec
-from mmaif_pl.models.text import TextEncoder
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["model.hidden=64", "model.depth=2", "model.heads=2", "model.pe_grid=8"]
@@ -34,7 +33,7 @@ def photo_pair(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def text():
-    return TextEncoder()
+    return text_encoder()
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +78,8 @@ def test_tile_zero_means_one_pass():
         calls.append(x.shape)
         return (x + y) / 2
 
-    a, b = np.random.rand(2, 300, 200, 3).astype(np.float32)
-    np.testing.assert_allclose(fuse_tiled(fn, a, b, 0, 64), (a + b) / 2)
+    a, b = torch.rand(2, 300, 200, 3).unbind(0)
+    torch.testing.assert_close(fuse_tiled(fn, a, b, 0, 64), (a + b) / 2)
     assert calls == [(300, 200, 3)]
 
 
@@ -134,7 +133,7 @@ def test_feathering_hides_context_dependent_tiles():
     """The worst case of global context: each tile's output carries an offset that depends on the whole
     tile. Feathered blending turns the offsets into ramps (no step at any border); flat weights leave
     steps. This is what keeps a model's tile-to-tile disagreement from showing as seams."""
-    a, b = photo_pair(384)
+    a, b = (torch.from_numpy(x) for x in photo_pair(384))
 
     def context_fn(x, y):
         return (x + y) / 2 + 0.5 * (x.mean() - y.mean())
@@ -143,7 +142,7 @@ def test_feathering_hides_context_dependent_tiles():
     edges = tile_edges(384, 256, 64)
 
     def max_step(out):
-        d = (out - exact).mean(2)
+        d = (out - exact).mean(2).numpy()
         return max(np.abs(np.diff(d, axis=0)).max(), np.abs(np.diff(d, axis=1)).max())
 
     feathered = max_step(fuse_tiled(context_fn, a, b, 256, 64))
@@ -289,3 +288,18 @@ def test_bf16_weights_give_the_same_bits_under_bf16_autocast(text, variant):
     assert block.pe.table.dtype == block.naf.beta.dtype == block.attn.eta_logit.dtype == torch.float32
     assert m.dit.blocks[1].attn.qkv.weight.dtype == torch.float32  # the trained DiT is not touched
     np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_tiles_are_cut_and_blended_on_the_gpu(module):
+    """On a GPU the sources go over once, every tile is cut and blended there, the fused image comes back once;
+    the result is the CPU's, up to the GPU's float rounding."""
+    a, b = photo_pair(320)
+    ref = Fuser(module, device="cpu", tile=192, overlap=32)(a, b)
+    fuser = Fuser(module, device="cuda", tile=192, overlap=32, bf16=False)
+    seen = []
+    fuse = fuser.module.fuse
+    fuser.module.fuse = lambda x, y, *args, **kw: seen.append(x.device.type) or fuse(x, y, *args, **kw)
+    out = fuser(a, b)
+    assert seen == ["cuda"] * 4 and out.shape == a.shape and isinstance(out, np.ndarray)
+    np.testing.assert_allclose(out, ref, atol=1e-3)
