@@ -103,8 +103,8 @@ def accelerate(module, compile_mode: Optional[str] = None, backend: str = "induc
     the denoiser and codec (`cuda_graphs`: one capture per image size, of the eager or the compiled code),
     bf16 storage of the denoiser's matmul weights (`bf16_weights`: bit-exact under bf16 autocast, which the
     caller must run it under; see `store_matmul_weights`), the denoiser rewritten into fewer kernels
-    (`fused_blocks`: mmaif_pl/fused_blocks.py, the same function up to float rounding), channels-last memory for the codec's
-    convolutions, and bf16 autocast for a learned codec on GPU. All are off by default; each pays on GPU,
+    (`fused_blocks`: mmaif_pl/fused_blocks.py, the same function up to float rounding), channels-last memory
+    for the codec's convolutions, and bf16 autocast for a learned codec on GPU. All are off by default; each pays on GPU,
     none pays for the CPU preset (measured in docs/speed.md)."""
     if cuda_graphs:
         if compile_mode == "reduce-overhead":

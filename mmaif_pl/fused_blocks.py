@@ -67,6 +67,7 @@ class FusedMoE(nn.Module):
         w1, w3 = zip(*(e.w13.weight.chunk(2) for e in experts))
         b1, b3 = zip(*(e.w13.bias.chunk(2) for e in experts))
         self.w13 = _linear(torch.cat([*w1, *w3]), torch.cat([*b1, *b3]))
+        # an nn.Linear only to hold the weight (store_matmul_weights treats it); forward uses it in one addmm
         self.w2 = _linear(torch.cat([e.w2.weight for e in experts], dim=1), None)
         self.b2 = nn.Parameter(torch.stack([e.w2.bias.detach() for e in experts]), requires_grad=False)  # K x D
 
