@@ -2,6 +2,7 @@
 
     python benchmarks/kernel_count.py                      # the B preset, regression and flow
     python benchmarks/kernel_count.py --preset tiny --no-autocast
+    python benchmarks/kernel_count.py --train                      # one training step, per phase
 
 At batch 1 on a GPU the eager DiT is host-bound: its time follows the number of kernels it launches, not
 their size (docs/speed.md: 36 ms at 256 tokens, 48 ms at 4096 on an H200), and even a CUDA graph replays
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import sys
 from pathlib import Path
 
@@ -55,9 +57,49 @@ def count(dit: FusionDiT, inputs: int, grid: int, text_dim: int, autocast: bool)
     return counter.ops
 
 
+def count_training_step(dit: FusionDiT, inputs: int, grid: int, text_dim: int, autocast: bool) -> dict:
+    """Operations per phase of one training step as `mmaif train` takes it on a GPU (bf16-mixed forward, backward,
+    gradient clipping, AdamW with the parameter groups of FusionModule.configure_optimizers and CUDA's default
+    multi-tensor implementation, the EMA update), after one step that creates the optimizer state."""
+    from mmaif_pl.lit.callbacks import update_ema
+
+    ema = copy.deepcopy(dit).requires_grad_(False)
+    decay = [p for p in dit.parameters() if p.dim() >= 2]
+    rest = [p for p in dit.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
+                            lr=1e-4, foreach=True)
+    x, target = torch.randn(2, dit.latent_channels * inputs, grid, grid), torch.randn(2, dit.latent_channels, grid, grid)
+    text, t = torch.randn(2, text_dim), torch.rand(2) if dit.t_embed is not None else None
+    phases, loss = {}, None
+
+    def forward():
+        nonlocal loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out, aux = dit(x, text, t)
+            loss = (out.float() - target).square().mean() + 0.01 * aux
+
+    steps = {"forward": forward, "backward": lambda: loss.backward(),
+             "clip": lambda: torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0),
+             "adamw": lambda: (opt.step(), opt.zero_grad(set_to_none=True)),
+             "ema": lambda: update_ema(ema, dit, 0.999)}
+    for record in (False, True):
+        for name, fn in steps.items():
+            if record:
+                with OpCounter() as counter:
+                    fn()
+                phases[name] = counter.ops
+            else:
+                fn()
+    return phases
+
+
+# aten ops that are host-side bookkeeping: profiler markers, a no-op, reads of a CPU scalar (AdamW's step counters)
+HOST = {"_record_function_enter_new", "_record_function_exit", "lift_fresh", "_local_scalar_dense"}
+
+
 def launches(ops: collections.Counter) -> collections.Counter:
-    """The operations that launch a kernel: all but the views."""
-    return collections.Counter({k: v for k, v in ops.items() if k not in VIEWS})
+    """The operations that launch a kernel: all but the views and the host-side bookkeeping."""
+    return collections.Counter({k: v for k, v in ops.items() if k not in VIEWS | HOST})
 
 
 def main(argv=None) -> int:
@@ -69,6 +111,8 @@ def main(argv=None) -> int:
                    help="Linear/Conv2d weights stored in bf16 (mmaif fuse --bf16-weights): autocast's casts of them go")
     p.add_argument("--fused-blocks", action="store_true",
                    help="the sampling rewrite of mmaif fuse --fused-blocks (mmaif_pl/fused_blocks.py)")
+    p.add_argument("--train", action="store_true",
+                   help="one training step instead, per phase (forward, backward, clip, AdamW, EMA)")
     p.add_argument("--top", type=int, default=10)
     p.add_argument("overrides", nargs="*", help="model.* overrides, e.g. model.moe=false")
     args = p.parse_args(argv)
@@ -77,6 +121,19 @@ def main(argv=None) -> int:
     print(f"preset {args.preset} ({spec.hidden} x {spec.depth}, {spec.heads} heads), {args.grid} x {args.grid} "
           f"latent, {'float32' if args.no_autocast else 'bf16 autocast'}{', bf16 weights' if args.bf16_weights else ''}"
           f"{', fused blocks' if args.fused_blocks else ''}")
+    if args.train:
+        dit = FusionDiT(cfg.codec.channels, 2, 384, spec, timestep=False).train()
+        phases = count_training_step(dit, 2, args.grid, 384, not args.no_autocast)
+        for name, ops in phases.items():
+            kernels = launches(ops)
+            multi = sum(v for k, v in kernels.items() if k.startswith("_foreach"))
+            notes = [f"{multi} of them multi-tensor: a few kernels each on a GPU"] if multi else []
+            notes += [f"{ops['_local_scalar_dense']} host-side scalar reads"] if ops["_local_scalar_dense"] else []
+            top = ", ".join(f"{k} {v}" for k, v in kernels.most_common(args.top))
+            notes = f" ({'; '.join(notes)})" if notes else ""
+            print(f"{name:<9} {kernels.total():>5} kernels{notes}; {top}")
+        print(f"training step (regression): {sum(launches(ops).total() for ops in phases.values())} kernels")
+        return 0
     for variant, inputs, timestep in (("regression", 2, False), ("flow", 3, True)):
         dit = FusionDiT(cfg.codec.channels, inputs, 384, spec, timestep=timestep).eval().requires_grad_(False)
         if args.fused_blocks:  # before storing weights in bf16, as mmaif_pl.fuse.accelerate does

@@ -43,3 +43,14 @@ def test_kernel_count_prints_both_variants():
     out = run("kernel_count.py", "--preset", "tiny", "--grid", "8", "--fused-blocks", "--top", "3")
     lines = [line for line in out.splitlines() if line.split()[:1] in (["regression"], ["flow"])]
     assert len(lines) == 2 and all(int(line.split()[1]) > 50 for line in lines)
+
+
+def test_kernel_count_of_a_training_step():
+    """Per phase; the EMA update is one multi-tensor lerp, not one kernel per parameter."""
+    out = run("kernel_count.py", "--preset", "tiny", "--grid", "8", "--train")
+    phases = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+              if line.split()[:1] in (["forward"], ["backward"], ["clip"], ["adamw"], ["ema"])}
+    assert set(phases) == {"forward", "backward", "clip", "adamw", "ema"}
+    assert phases["backward"] > phases["forward"] > 100 and phases["ema"] <= 2 and phases["adamw"] < 30
+    total = int(out.strip().splitlines()[-1].split()[-2])
+    assert total == sum(phases.values())
