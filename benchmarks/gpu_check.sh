@@ -12,7 +12,7 @@
 #   bash benchmarks/gpu_prepare.sh                 # here, once: missing wheels + MiniLM tokenizer -> .gpu_assets/
 #   device run: command "bash benchmarks/gpu_check.sh", carry [".gpu_assets"], timeout_s 600
 #   a subset: "ONLY='tests graphs throughput' DEADLINE=200 bash benchmarks/gpu_check.sh"
-#   (steps, in order: tests graphs unfused profile compile throughput trainc eager big codec kl)
+#   (steps, in order: tests graphs unfused profile compile throughput data trainc eager big codec kl)
 # Results in $OUT (or the folder given as $1; default gpu_check/): log.txt, latency_graphs.json, throughput.json,
 # latency.json, latency_4096.json, codec_psnr.json, latency_compiled.json (7 files, all small; the device tool
 # returns 8 at most; a latency JSON of a step stopped at its limit holds the rows it finished).
@@ -101,6 +101,10 @@ step compile 240 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --co
 # -- training throughput of the B preset at 256 px --------------------------------------------------------------
 step throughput 120 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --profile 25 \
   --json "$OUT/throughput.json" "${TEXT[@]}"
+
+# -- one loader worker's rate with OpenCV on one thread, beside the loader's N-worker rate above: the loader's
+#    workers each leave OpenCV its all-core thread pool (setting it after fork deadlocks); log only
+step data 30 $PY benchmarks/data_throughput.py --samples 200 --repeats 3
 
 # -- the same with the DiT's blocks compiled (regional torch.compile, forward and backward) ----------------------
 step trainc 150 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --compile "${TEXT[@]}"  # log only
