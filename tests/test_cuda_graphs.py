@@ -5,6 +5,8 @@ bf16 autocast, one graph per image size, results that later replays do not overw
 ensemble. The GPU tests read the text encoder from MMAIF_TEST_TEXT_ENCODER when set (the GPU benchmark
 machine has a same-architecture stand-in for the packaged MiniLM).
 """
+from types import SimpleNamespace
+
 import pytest
 import torch
 from conftest import random_basis, randomize, text_encoder
@@ -86,16 +88,9 @@ def test_graphed_callable_keeps_the_most_recent_graphs(monkeypatch):
     itself is replaced by a stand-in here; the GPU tests capture real graphs)."""
     captured = []
 
-    class Replay:
-        def __init__(self, sig):
-            self.sig, self.replays = sig, 0
-
-        def replay(self):
-            self.replays += 1
-
     def fake_capture(self, args):
         captured.append(args)
-        return [], args, Replay(args)
+        return [], args, SimpleNamespace(replay=lambda: None)
 
     monkeypatch.setattr(CUDAGraphed, "_capture", fake_capture)
     graphed = CUDAGraphed(lambda n: n, max_graphs=2)

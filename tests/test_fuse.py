@@ -300,6 +300,10 @@ def test_tiles_are_cut_and_blended_on_the_gpu(module):
     seen = []
     fuse = fuser.module.fuse
     fuser.module.fuse = lambda x, y, *args, **kw: seen.append(x.device.type) or fuse(x, y, *args, **kw)
-    out = fuser(a, b)
+    try:
+        out = fuser(a, b)
+    finally:  # the module is shared with the other tests of this file
+        del fuser.module.fuse
+        module.cpu()
     assert seen == ["cuda"] * 4 and out.shape == a.shape and isinstance(out, np.ndarray)
     np.testing.assert_allclose(out, ref, atol=1e-3)
