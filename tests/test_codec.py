@@ -154,3 +154,22 @@ def test_train_codec_command_trains_a_learned_codec_under_the_train_precision(tm
     assert metrics["kind"] == "tiny" and metrics["psnr"] > 25  # residual on the fitted linear codec
     again = LatentCodec.load(out)
     assert next(again.ae.parameters()).dtype == torch.float32  # mixed precision keeps float32 weights
+
+
+def test_train_codec_measures_on_the_training_device():
+    """Lightning hands a trained codec back on the CPU; statistics and PSNR are computed on the device the
+    config trains on (`train.accelerator`), and the codec is left on the CPU for saving."""
+    from mmaif_pl.lit.codec import evaluate_codec
+    from mmaif_pl.lit.commands import _device
+
+    assert _device("cpu") == torch.device("cpu")
+    assert _device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    codec = LatentCodec("linear", 4, 16)
+    codec.linear.basis.copy_(torch.linalg.qr(torch.randn(48, 16))[0].T)
+    batches = [{"a": torch.rand(2, 3, 32, 32), "b": torch.rand(2, 3, 32, 32)} for _ in range(2)]
+    device = _device("auto")
+    value = evaluate_codec(codec, batches, device=device)
+    assert 5 < value < 60 and codec.linear.basis.device.type == "cpu"
+    if device.type == "cuda":
+        assert abs(value - evaluate_codec(codec, batches)) < 1e-3

@@ -56,9 +56,10 @@ class CodecModule(L.LightningModule):
 
 
 def fit_codec(codec: LatentCodec, cfg, train_loader: Callable[[], Iterable[dict]], trainer_kwargs=None,
-              log=print) -> dict:
+              log=print, device: torch.device | str = "cpu") -> dict:
     """Fit/train `codec` in place on training batches; returns timing info. `train_loader()` gives a fresh
-    iterable of fusion batches (crops of the training split)."""
+    iterable of fusion batches (crops of the training split). The latent statistics are measured on `device`
+    (Lightning hands the trained codec back on the CPU); the codec is left on the CPU."""
     t0 = time.time()
     if codec.linear is not None:
         codec.fit_linear(take(train_loader(), cfg.fit_batches))
@@ -69,19 +70,24 @@ def fit_codec(codec: LatentCodec, cfg, train_loader: Callable[[], Iterable[dict]
         trainer = L.Trainer(max_steps=cfg.steps, logger=False, enable_checkpointing=False,
                             **(trainer_kwargs or {}))
         trainer.fit(CodecModule(codec, cfg.lr, cfg.kl_weight), train_dataloaders=train_loader())
-    codec.eval().requires_grad_(False)
+    codec.eval().requires_grad_(False).to(device)
     codec.measure_stats(take(train_loader(), cfg.fit_batches))
+    codec.cpu()
     return {"seconds": round(time.time() - t0, 2)}
 
 
 @torch.no_grad()
-def evaluate_codec(codec: LatentCodec, loader: Iterable[dict], max_batches: int = 1_000_000) -> float:
-    """Mean per-image reconstruction PSNR (dB) over all images of up to `max_batches` batches."""
+def evaluate_codec(codec: LatentCodec, loader: Iterable[dict], max_batches: int = 1_000_000,
+                   device: torch.device | str = "cpu") -> float:
+    """Mean per-image reconstruction PSNR (dB) over all images of up to `max_batches` batches, computed on
+    `device` (the codec goes back to the CPU afterwards)."""
     total, n = 0.0, 0
+    codec.to(device)
     for x in take(loader, max_batches):
         m = codec.factor
-        x = x[..., : x.shape[-2] // m * m, : x.shape[-1] // m * m]
+        x = x[..., : x.shape[-2] // m * m, : x.shape[-1] // m * m].to(device)
         rec = codec.reconstruct(x)
         total += psnr(rec, x).item() * x.shape[0]
         n += x.shape[0]
+    codec.cpu()
     return total / max(n, 1)

@@ -58,6 +58,15 @@ def _precision(name: str) -> str:
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
 
 
+def _device(accelerator: str):
+    """The device Lightning picks for `train.accelerator` on one device: the GPU for auto / gpu / cuda when
+    there is one, else the CPU."""
+    import torch
+
+    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return torch.device("cuda" if gpu else "cpu")
+
+
 def _codec_loaders(cfg):
     """Fresh train / val iterables of fusion batches, at the codec stage's batch size and crop."""
     ccfg = copy.deepcopy(cfg)
@@ -77,10 +86,12 @@ def cmd_train_codec(args) -> int:
     codec = LatentCodec.from_config(cfg.codec)
     # the fusion training's precision rule (train.precision; "auto": bf16-mixed on a GPU that has it)
     trainer_kwargs = {"accelerator": cfg.train.accelerator, "precision": _precision(cfg.train.precision)}
-    info = fit_codec(codec, cfg.codec, train_loader, trainer_kwargs)
+    device = _device(cfg.train.accelerator)  # statistics and PSNR on the training device, not Lightning's CPU
+    info = fit_codec(codec, cfg.codec, train_loader, trainer_kwargs, device=device)
     codec.save(out)
-    metrics = {"psnr": round(evaluate_codec(codec, val_loader()), 3),
-               "psnr_train": round(evaluate_codec(codec, train_loader(), 8), 3), **info, **codec.describe()}
+    metrics = {"psnr": round(evaluate_codec(codec, val_loader(), device=device), 3),
+               "psnr_train": round(evaluate_codec(codec, train_loader(), 8, device=device), 3), **info,
+               **codec.describe()}
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     print(f"codec {codec.kind} f{codec.factor}x{codec.channels}: val PSNR {metrics['psnr']:.2f} dB "
           f"(train {metrics['psnr_train']:.2f}) in {info['seconds']:.0f}s -> {out} (metrics.json)")
