@@ -115,7 +115,9 @@ class FusedAttention(nn.Module):
     def __init__(self, attn: Attention):
         super().__init__()
         self.heads, self.qkv, self.proj = attn.heads, attn.qkv, attn.proj
-        self.eta = None if attn.eta_logit is None else float(torch.sigmoid(attn.eta_logit.detach()))
+        # a tensor, not a float: dynamo would specialise each block's compiled graph on a float's value
+        eta = None if attn.eta_logit is None else torch.sigmoid(attn.eta_logit.detach()).reshape(())
+        self.register_buffer("eta", eta)
 
     def forward(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
                 v_prev: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None):
@@ -124,7 +126,7 @@ class FusedAttention(nn.Module):
         q, k = qk.permute(2, 0, 3, 1, 4)  # each B x H x N x hd
         v = qkv[:, :, 2].transpose(1, 2)
         if self.eta is not None and v_prev is not None:
-            v = torch.lerp(v, v_prev.to(v.dtype), self.eta)
+            v = torch.lerp(v, v_prev.to(v.dtype), self.eta.to(v.dtype))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).flatten(2)), v
 
