@@ -53,3 +53,21 @@ def random_basis(codec):
     import torch
 
     codec.linear.basis.copy_(torch.linalg.qr(torch.randn(codec.linear.basis.shape[1], codec.channels))[0].T)
+
+
+def small_fusion_module(overrides: list[str], text, codec: str = "linear"):
+    """A small FusionModule, seeded: a linear (or a small AutoencoderTiny) f4 x 16 codec with a random basis,
+    the DiT the overrides describe, random values in the EMA DiT's zero-initialised tensors."""
+    import torch
+
+    from mmaif_pl.config import load
+    from mmaif_pl.lit.fusion import build_module
+    from mmaif_pl.models.codec import LatentCodec
+
+    torch.manual_seed(0)
+    blocks = {} if codec == "linear" else {"block_channels": [16, 16, 16]}
+    latent = LatentCodec(codec, 4, 16, **blocks).eval()
+    random_basis(latent)
+    m = build_module(load([], overrides), latent, text).eval()
+    randomize(m.ema)
+    return m

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import random_basis
 
 from mmaif_pl.errors import UserError
 from mmaif_pl.lit.codec import CodecModule
@@ -166,7 +167,7 @@ def test_train_codec_measures_on_the_training_device():
     assert _device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     codec = LatentCodec("linear", 4, 16)
-    codec.linear.basis.copy_(torch.linalg.qr(torch.randn(48, 16))[0].T)
+    random_basis(codec)
     batches = [{"a": torch.rand(2, 3, 32, 32), "b": torch.rand(2, 3, 32, 32)} for _ in range(2)]
     device = _device("auto")
     value = evaluate_codec(codec, batches, device=device)

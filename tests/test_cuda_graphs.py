@@ -9,14 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import random_basis, randomize, text_encoder
+from conftest import small_fusion_module, text_encoder
 
-from mmaif_pl.config import load
 from mmaif_pl.cuda_graphs import CUDAGraphed
 from mmaif_pl.errors import UserError
 from mmaif_pl.fuse import Fuser, accelerate
-from mmaif_pl.lit.fusion import build_module
-from mmaif_pl.models.codec import LatentCodec
 
 SMALL = ["model.hidden=64", "model.depth=2", "model.heads=2", "model.pe_grid=8"]
 PROMPT = ["Remove the haze."]
@@ -30,12 +27,7 @@ def text():
 
 def small_module(variant: str, text):
     """A learned (AutoencoderTiny) codec and a small DiT with random weights in place of the zero-initialised."""
-    torch.manual_seed(0)
-    codec = LatentCodec("tiny", 4, 16, block_channels=[16, 16, 16]).eval()
-    random_basis(codec)
-    m = build_module(load([], SMALL + [f"train.variant={variant}"]), codec, text).eval()
-    randomize(m.ema)
-    return m
+    return small_fusion_module(SMALL + [f"train.variant={variant}"], text, codec="tiny")
 
 
 def test_cuda_graphs_are_refused_without_a_gpu_or_twice(text):

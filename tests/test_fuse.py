@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import random_basis, randomize, text_encoder
+from conftest import random_basis, randomize, small_fusion_module, text_encoder
 
 from mmaif_pl.config import load
 from mmaif_pl.errors import UserError
@@ -154,11 +154,7 @@ def test_feathering_hides_context_dependent_tiles():
 
 def test_flow_tiles_share_the_noise_seed(text):
     """Flow sampling draws its noise per tile from the same seed: tiled output stays deterministic."""
-    torch.manual_seed(0)
-    codec = LatentCodec("linear", 4, 16)
-    random_basis(codec)
-    m = build_module(load([], SMALL + ["train.variant=flow"]), codec, text).eval()
-    randomize(m.ema)
+    m = small_fusion_module(SMALL + ["train.variant=flow"], text)
     a, b = photo_pair(200)
     f = Fuser(m, device="cpu", tile=128, overlap=32, steps=2)
     np.testing.assert_array_equal(f(a, b), f(a, b))
@@ -167,11 +163,7 @@ def test_flow_tiles_share_the_noise_seed(text):
 def test_compile_and_channels_last_keep_outputs(text):
     """The GPU fast paths are switchable and do not break (or change) CPU inference. The `eager` backend
     traces the model with dynamo (graph breaks, guards) without paying for code generation here."""
-    torch.manual_seed(0)
-    codec = LatentCodec("tiny", 4, 16, block_channels=[16, 16, 16]).eval()
-    random_basis(codec)
-    m = build_module(load([], SMALL), codec, text).eval()
-    randomize(m.ema)
+    m = small_fusion_module(SMALL, text, codec="tiny")
     a, b = torch.rand(2, 1, 3, 64, 64).unbind(0)
     ref = m.fuse(a, b, ["Remove the haze."])
     keys = set(m.state_dict())
@@ -273,11 +265,7 @@ def test_patch_shifts_run_the_dit_on_shifted_copies(module):
 def test_bf16_weights_give_the_same_bits_under_bf16_autocast(text, variant):
     """`--bf16-weights` stores the DiT's Linear/Conv2d weights as autocast would cast them on every call:
     the fused image is bit-identical, and every other parameter stays float32."""
-    torch.manual_seed(0)
-    codec = LatentCodec("linear", 4, 16)
-    random_basis(codec)
-    m = build_module(load([], SMALL + [f"train.variant={variant}"]), codec, text).eval()
-    randomize(m.ema)
+    m = small_fusion_module(SMALL + [f"train.variant={variant}"], text)
     a, b = photo_pair(96)
     ref = Fuser(m, device="cpu", bf16=True)(a, b)
     with pytest.raises(UserError, match="bf16 autocast"):

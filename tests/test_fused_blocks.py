@@ -8,14 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import random_basis, randomize, shared_dataset, text_encoder
+from conftest import randomize, shared_dataset, small_fusion_module, text_encoder
 
 from mmaif_pl.config import load
 from mmaif_pl.errors import UserError
 from mmaif_pl.fuse import Fuser, store_matmul_weights
 from mmaif_pl.fused_blocks import FusedAttention, FusedMoE, PairRoPE, TokenNAFBlock, fuse_blocks
-from mmaif_pl.lit.fusion import build_module
-from mmaif_pl.models.codec import LatentCodec
 from mmaif_pl.models.dit import DiTSpec, FusionDiT
 from mmaif_pl.models.layers import DenseFFN
 
@@ -95,11 +93,7 @@ def test_rewrite_refuses_a_dit_being_trained():
 
 def fusion_module(variant: str, overrides: tuple[str, ...] = ()):
     """A small FusionModule (linear codec, random weights in place of the zero-initialised ones)."""
-    torch.manual_seed(0)
-    codec = LatentCodec("linear", 4, 16)
-    random_basis(codec)
-    m = build_module(load([], [*SMALL, f"train.variant={variant}", *overrides]), codec, text_encoder()).eval()
-    randomize(m.ema)
+    m = small_fusion_module([*SMALL, f"train.variant={variant}", *overrides], text_encoder())
     with torch.no_grad():
         m.ema.final.linear.weight.normal_(0, 0.1)  # a fused latent of image-like magnitude
     return m
