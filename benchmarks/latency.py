@@ -10,7 +10,8 @@ What is timed: `FusionModule.fuse` on tensors already on the device (the model i
 first; loading, PNG I/O and host transfers are excluded), with a synchronised timer around each part
 (`encode_pair`, `sample` = the DiT including the cached prompt embedding, `decode`). A size larger than
 `--tile` goes through the `Fuser`'s feathered pixel tiles instead (numpy in, numpy out: one transfer each
-way, included; tiles are cut and blended on the device) and the parts are summed over tiles. Each figure is the median of the repeats after warm-up.
+way, included; tiles are cut and blended on the device) and the parts are summed over tiles. Each figure is
+the median of the repeats after warm-up.
 On GPU the DiT runs under bf16 autocast (as `mmaif fuse` does); `--codec-bf16` also runs a learned codec
 in bf16. Without --checkpoint the model is built from the config with random weights: latency does not
 depend on the weights (dense MoE dispatch, no data-dependent work), and the output says so.
