@@ -72,7 +72,7 @@ if [[ ${SMOKE:-0} == 1 ]]; then  # a CPU dry run of the plumbing (minutes): tiny
   CS=2 NW=0 ACC=cpu KL="[16,16,16,16]" KLL=1 S4=512 S1=128
 fi
 
-# -- tests: CUDA graphs give eager's fused images (tests/test_cuda_graphs.py) ---------------------------------
+# -- tests: CUDA graphs and the rewrite give eager's fused images, tiles are blended on the GPU ---------------------
 [[ -n ${TEXT[*]} ]] && export MMAIF_TEST_TEXT_ENCODER=${TEXT[0]#text.encoder=}
 step tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_fused_blocks.py \
   tests/test_fuse.py::test_tiles_are_cut_and_blended_on_the_gpu
