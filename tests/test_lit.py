@@ -1,4 +1,5 @@
 """LightningModules and the train command on a tiny in-test dataset (CPU, 32 px)."""
+import json
 import pickle
 from pathlib import Path
 
@@ -178,6 +179,61 @@ def test_train_resume_checkpoint_and_refusals(tmp_path, codec, text):
     other.fit_linear([torch.rand(2, 3, 32, 32)])
     with pytest.raises(UserError, match="refusing to mix"):
         load_module(ckpt, codec=other, text=text)
+
+
+def test_compiled_training_matches_plain_training_and_keeps_the_checkpoint_keys(tmp_path, text):
+    """`mmaif train --compile`: the blocks' forward and backward run as compiled graphs (AOT autograd, the path
+    inductor takes; the nop compilers here count the graphs instead of generating code), the weights after 4
+    steps are those of the plain run, and the checkpoint has the plain model's keys and loads without compile."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs = {"forward": 0, "backward": 0}
+
+    def counting(kind):
+        def compiler(gm, example_inputs):
+            graphs[kind] += 1
+            return make_boxed_func(gm.forward)
+        return compiler
+
+    backend = aot_autograd(fw_compiler=counting("forward"), bw_compiler=counting("backward"))
+    quiet = {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu"}
+    runs = {}
+    torch._dynamo.reset()
+    try:
+        for name, mode in (("plain", None), ("compiled", "default")):
+            runs[name] = run_training(cfg_for(tmp_path, "train.max_steps=4", f"train.name={name}"), datamodule=TinyDM(),
+                                      trainer_kwargs=quiet, log=lambda *_: None, compile_mode=mode,
+                                      compile_backend=backend)
+    finally:
+        torch._dynamo.reset()
+    (plain, _, _), (compiled, trainer, run) = runs["plain"], runs["compiled"]
+    assert trainer.global_step == 4  # a multiple of val_every: last.ckpt holds the final weights
+    assert all(block._compiled_call_impl is not None for block in compiled.dit.blocks)
+    # block 0 (no value residual), block 1 (mixes block 0's values) and the final layer: forward and backward each
+    assert graphs["forward"] >= 3 and graphs["backward"] >= 3, graphs
+    wp, wc = weights(plain), weights(compiled)
+    assert wp.keys() == wc.keys()
+    for k in wp:
+        torch.testing.assert_close(wc[k], wp[k], msg=k)
+    assert json.loads((run / "train_summary.json").read_text())["compile"] == "default"
+    loaded = load_module(run / "checkpoints" / "last.ckpt", text=text)
+    assert loaded.dit.blocks[0]._compiled_call_impl is None
+    b = batch()
+    torch.testing.assert_close(loaded.fuse(b["a"], b["b"], b["prompt"]), compiled.fuse(b["a"], b["b"], b["prompt"]))
+
+
+def test_train_command_hands_its_compile_mode_to_the_run(monkeypatch, capsys):
+    from mmaif_pl import cli
+    from mmaif_pl.lit import commands
+
+    seen = {}
+    monkeypatch.setattr(commands, "run_training", lambda cfg, **kwargs: seen.update(kwargs))
+    assert cli.main(["train", "--compile", "max-autotune", "train.name=x"]) == 0
+    assert seen == {"resume": None, "compile_mode": "max-autotune"}
+    with pytest.raises(SystemExit) as exc:  # argparse: exit 2, the valid modes listed
+        cli.main(["train", "--compile", "fast"])
+    assert exc.value.code == 2 and "max-autotune-no-cudagraphs" in capsys.readouterr().err
 
 
 class _Payload:

@@ -16,7 +16,11 @@ TRAIN_CODEC_EXAMPLE = """example:
 
 TRAIN_EXAMPLE = """example:
   mmaif train -c experiments/base.yaml train.variant=flow train.name=flow train.max_steps=200
-  mmaif train -c experiments/base.yaml --resume            # continue runs/<name>/checkpoints/last.ckpt"""
+  mmaif train -c experiments/base.yaml --resume            # continue runs/<name>/checkpoints/last.ckpt
+  mmaif train -c experiments/base.yaml -c experiments/scale/gpu.yaml --compile default   # GPU: compiled blocks"""
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # inductor's
 
 
 def register(subparsers) -> None:
@@ -38,6 +42,9 @@ def register(subparsers) -> None:
     p.add_argument("-c", "--config", action="append", default=[], help="YAML config (repeatable, merged in order)")
     p.add_argument("--resume", nargs="?", const="last", metavar="CKPT",
                    help="resume from CKPT (default: the run's last.ckpt); refused if its config differs")
+    p.add_argument("--compile", metavar="MODE", choices=COMPILE_MODES,
+                   help=f"torch.compile each DiT block being trained ({' | '.join(COMPILE_MODES)}): a speed switch, "
+                        "not part of the config; checkpoints keep the plain model's keys and load without it")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     p.set_defaults(func=cmd_train)
 
@@ -133,8 +140,13 @@ def prepare_codec(cfg, run_dir: Path, train_loader=None):
     return codec
 
 
-def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs=None, log=print):
-    """Train per `cfg`; returns (module, trainer, run_dir). `datamodule` and `trainer_kwargs` are for tests."""
+def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs=None, log=print,
+                 compile_mode: str | None = None, compile_backend="inductor"):
+    """Train per `cfg`; returns (module, trainer, run_dir). `datamodule` and `trainer_kwargs` are for tests.
+
+    `compile_mode` compiles the DiT's blocks and final layer in place (`fuse.compile_blocks`): the parameters
+    and state_dict keys stay those of the plain model, so checkpoints, resuming and the EMA are unchanged.
+    """
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -161,6 +173,10 @@ def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs
     L.seed_everything(tc.seed, workers=True, verbose=False)
     text = TextEncoder(cfg.text.encoder, cfg.text.max_length, cfg.text.normalize)
     module = build_module(cfg, codec, text)
+    if compile_mode:
+        from ..fuse import compile_blocks
+
+        compile_blocks(module.dit, backend=compile_backend, mode=compile_mode)
     logger = TensorBoardLogger(save_dir=tc.out_dir, name=tc.name, version="", default_hp_metric=False)
     ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
                               every_n_train_steps=tc.val_every, save_last=True, save_top_k=1)
@@ -184,6 +200,8 @@ def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs
         summary = {"variant": tc.variant, "name": tc.name, "steps": trainer.global_step, "seconds": round(seconds, 1),
                    "params": sum(p.numel() for p in module.dit.parameters() if p.requires_grad),
                    "config_hash": digest}
+        if compile_mode:
+            summary["compile"] = compile_mode
         atomic_write_text(run_dir / "train_summary.json", json.dumps(summary, indent=2) + "\n")
     log(f"trained {tc.variant} '{tc.name}' to step {trainer.global_step} in {seconds:.0f}s: "
         f"checkpoint {last}, metrics {run_dir / 'metrics.json'}, TensorBoard {run_dir} (config hash {digest})")
@@ -192,5 +210,5 @@ def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs
 
 def cmd_train(args) -> int:
     cfg = load(args.config, args.overrides)
-    run_training(cfg, resume=args.resume)
+    run_training(cfg, resume=args.resume, compile_mode=args.compile)
     return 0
