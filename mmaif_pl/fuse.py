@@ -147,10 +147,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 class Fuser:
     """A trained model ready to fuse pairs: `Fuser(ckpt)(a, b, prompt) -> fused` (numpy HxWx3 in [0, 1]).
 
-    `checkpoint` may also be a FusionModule already in memory (tests, benchmarks). It is used, not copied: the
-    Fuser moves it to the device, puts it in eval mode, sets its `patch_shifts`, and the fast paths change its
-    EMA DiT and codec in place (pass a deep copy to keep the original). `compile` (a torch.compile mode, e.g. "default"),
-    `cuda_graphs`, `bf16_weights`, `fused_blocks` and `channels_last` switch on the fast paths of `accelerate`."""
+    `checkpoint` may also be a FusionModule already in memory (tests, benchmarks). It is used, not copied:
+    the Fuser moves it to the device, puts it in eval mode, sets its `patch_shifts`, and the fast paths
+    change its EMA DiT and codec in place (pass a deep copy to keep the original). `compile` (a torch.compile
+    mode, e.g. "default"), `cuda_graphs`, `bf16_weights`, `fused_blocks` and `channels_last` switch on the
+    fast paths of `accelerate`."""
 
     def __init__(self, checkpoint, device: str = "auto", steps: Optional[int] = None,
                  tile: int = 512, overlap: int = 64, color: str = "model", seed: int = 0,
