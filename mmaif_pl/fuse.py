@@ -104,8 +104,8 @@ def accelerate(module, compile_mode: Optional[str] = None, backend: str = "induc
     bf16 storage of the denoiser's matmul weights (`bf16_weights`: bit-exact under bf16 autocast, which the
     caller must run it under; see `store_matmul_weights`), the denoiser rewritten into fewer kernels
     (`fused_blocks`: mmaif_pl/fused_blocks.py, the same function up to float rounding), channels-last memory
-    for the codec's convolutions, and bf16 autocast for a learned codec on GPU. All are off by default; each pays on GPU,
-    none pays for the CPU preset (measured in docs/speed.md)."""
+    for the codec's convolutions, and bf16 autocast for a learned codec on GPU. All are off by default; each
+    pays on GPU, none pays for the CPU preset (measured in docs/speed.md)."""
     if cuda_graphs:
         if compile_mode == "reduce-overhead":
             raise UserError("compile mode reduce-overhead already uses CUDA graphs: use it or cuda_graphs, not both")
@@ -267,7 +267,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="examples:\n"
                "  mmaif fuse --checkpoint runs/regression/checkpoints/last.ckpt --a vis.png --b ir.png "
                "--prompt 'Remove the haze.' --out fused.png\n"
-               "  mmaif fuse --checkpoint runs/flow/checkpoints/last.ckpt --steps 4 --prepared prepared/test --out fused/flow")
+               "  mmaif fuse --checkpoint runs/flow/checkpoints/last.ckpt --steps 4 --prepared prepared/test "
+               "--out fused/flow")
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by `mmaif train`")
     p.add_argument("--a", help="source a (VIF: visible, MEF: under-exposed, MFF: near focus): image or folder")
     p.add_argument("--b", help="source b (VIF: infrared, MEF: over-exposed, MFF: far focus): image or folder")
