@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     from mmaif_pl.data.datamodule import FusionDataModule
     from mmaif_pl.fuse import compile_blocks, resolve_device
     from mmaif_pl.lit.callbacks import update_ema
-    from mmaif_pl.lit.fusion import build_module
+    from mmaif_pl.lit.fusion import FusionModule, build_module
     from mmaif_pl.models.codec import LatentCodec
     from mmaif_pl.models.text import TextEncoder
 
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     # -- data ------------------------------------------------------------------------------------------
-    dm = FusionDataModule(cfg)
+    dm = FusionDataModule(cfg, train_keys=FusionModule.training_image_keys(cfg))  # what `mmaif train` ships
     dm.setup("fit")
     loader = iter(dm.train_dataloader())
     # drain what the workers prefetched at start-up (prefetch_factor 2 each), then time steady production

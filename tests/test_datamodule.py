@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mmaif_pl import config
-from mmaif_pl.data.datamodule import EpochSampler, FusionDataModule, FusionDataset, PreparedDataset, crop_size
+from mmaif_pl.data.datamodule import (IMAGE_KEYS, EpochSampler, FusionDataModule, FusionDataset, PreparedDataset,
+                                      crop_size)
 from mmaif_pl.errors import ConfigError, UserError
 
 from conftest import shared_dataset
@@ -57,6 +58,27 @@ def test_batch_format(embedded_data):
 
 def test_same_batches_with_0_and_2_workers(embedded_data):
     _same(_batches(_cfg(embedded_data, "data.num_workers=0")), _batches(_cfg(embedded_data, "data.num_workers=2")))
+
+
+def test_training_batches_carry_only_the_images_the_loss_reads(embedded_data):
+    """`mmaif train` ships a, b and target (no clean sources without the aux loss): the same tensors, prompts and
+    records as the full batches, bit for bit (the clean sources draw nothing from the sample's generator)."""
+    from mmaif_pl.lit.fusion import FusionModule
+
+    cfg = _cfg(embedded_data, "data.num_workers=2")
+    keys = FusionModule.training_image_keys(cfg)
+    assert keys == ("a", "b", "target")
+    assert set(FusionModule.training_image_keys(_cfg(embedded_data, "train.aux_weight=0.1"))) == set(IMAGE_KEYS)
+    dm = FusionDataModule(cfg, train_keys=keys)
+    lean, full = list(dm.train_dataloader()), _batches(cfg)
+    assert [k for k in lean[0] if torch.is_tensor(lean[0][k])] == ["a", "b", "target"]
+    _same(lean, [{k: v for k, v in b.items() if k not in ("a_clean", "b_clean")} for b in full])
+    dm = FusionDataModule(_cfg(embedded_data, "data.val_fraction=0.5"), train_keys=keys)
+    dm.setup("fit")
+    dm.setup("validate")  # validation keeps every image
+    assert set(IMAGE_KEYS) <= set(dm.val_set[0]) and "a_clean" not in dm.train_set[0]
+    with pytest.raises(ValueError, match="subset"):
+        FusionDataset(cfg, image_keys=("a", "b"))
 
 
 def test_epochs_differ_and_replay_identically(embedded_data):

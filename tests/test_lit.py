@@ -236,6 +236,25 @@ def test_train_command_hands_its_compile_mode_to_the_run(monkeypatch, capsys):
     assert exc.value.code == 2 and "max-autotune-no-cudagraphs" in capsys.readouterr().err
 
 
+def test_train_builds_its_datamodule_with_the_images_its_loss_reads(monkeypatch, tmp_path):
+    from mmaif_pl.lit import commands
+
+    seen = []
+
+    class Built(Exception):
+        pass
+
+    def datamodule(cfg, **kwargs):
+        seen.append(kwargs)
+        raise Built
+
+    monkeypatch.setattr(commands, "_datamodule", datamodule)
+    for aux in (0.0, 0.1):
+        with pytest.raises(Built):
+            run_training(cfg_for(tmp_path, f"train.aux_weight={aux}"))
+    assert seen == [{"train_keys": ("a", "b", "target")}, {"train_keys": ("a", "b", "target", "a_clean", "b_clean")}]
+
+
 class _Payload:
     def __init__(self, marker):
         self.marker = marker

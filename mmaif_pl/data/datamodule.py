@@ -11,7 +11,8 @@ Evaluation (`PreparedDataset`): the split `mmaif data prepare` wrote (docs/inter
 every variant is scored on identical inputs.
 
 Batches are dicts: `a`, `b`, `a_clean`, `b_clean`, `target` (Bx3xHxW float32 in [0, 1]), `prompt`, `task`,
-`id` (lists of str), `degradations` (per sample, a list of records).
+`id` (lists of str), `degradations` (per sample, a list of records). A training batch may carry fewer images:
+`FusionDataModule(train_keys=...)`, which `mmaif train` sets to those its loss reads.
 """
 from __future__ import annotations
 
@@ -144,8 +145,14 @@ class FusionDataset(Dataset):
     or by an (epoch, index) pair from `EpochSampler`."""
 
     def __init__(self, cfg: Any, groups: Optional[list[PairGroup]] = None, length: Optional[int] = None,
-                 stream: int = STREAM_TRAIN, batch_size: Optional[int] = None):
+                 stream: int = STREAM_TRAIN, batch_size: Optional[int] = None,
+                 image_keys: Sequence[str] = IMAGE_KEYS):
         self.cfg = cfg
+        # the images each sample carries: a training loader ships only what the loss reads (each 256 px image
+        # is 0.8 MB that the worker copies, the loader passes through shared memory and Lightning sends to the GPU)
+        if not set(image_keys) <= set(IMAGE_KEYS) or not {"a", "b", "target"} <= set(image_keys):
+            raise ValueError(f"image_keys {tuple(image_keys)}: a subset of {IMAGE_KEYS} with a, b and target")
+        self.image_keys = tuple(k for k in IMAGE_KEYS if k in image_keys)
         self.groups = groups if groups is not None else build_groups(cfg.data)
         self.probs = np.array([g.prob for g in self.groups]) / sum(g.prob for g in self.groups)
         self.length = int(length if length is not None else cfg.data.samples_per_epoch)
@@ -204,8 +211,9 @@ class FusionDataset(Dataset):
             records = self.policy.records_for(group.task, names, rng, severity)
         a_deg, b_deg = apply_records(a, b, records)
         prompt = make_prompt(records, rng, self.cfg.prompts)
+        images = {"a": a_deg, "b": b_deg, "a_clean": a, "b_clean": b, "target": gt}
         return {
-            "a": to_chw(a_deg), "b": to_chw(b_deg), "a_clean": to_chw(a), "b_clean": to_chw(b), "target": to_chw(gt),
+            **{k: to_chw(images[k]) for k in self.image_keys},
             "prompt": prompt, "task": group.task, "degradations": records,
             "id": f"{rec.name}@{epoch}:{index}", "dataset": group.dataset,
         }
@@ -298,9 +306,11 @@ class FusionDataModule(L.LightningDataModule):
     """Train on the fly; validate and test on the prepared split (or, with data.val_fraction > 0, validate on
     that fraction of samples_per_epoch drawn on the fly with a fixed seed)."""
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Any, train_keys: Sequence[str] = IMAGE_KEYS):
+        """`train_keys`: the images of a training batch (validation and test batches carry all of them)."""
         super().__init__()
         self.cfg = cfg
+        self.train_keys = tuple(train_keys)
         DegradePolicy.from_config(cfg.degrade)  # bad configs fail here, not in a worker
         check_prompt_config(cfg.prompts)
         if not 0.0 <= float(cfg.data.val_fraction) <= 1.0:
@@ -311,7 +321,7 @@ class FusionDataModule(L.LightningDataModule):
 
     def setup(self, stage: Optional[str] = None) -> None:
         if stage in (None, "fit") and self.train_set is None:
-            self.train_set = FusionDataset(self.cfg)
+            self.train_set = FusionDataset(self.cfg, image_keys=self.train_keys)
         if stage in (None, "validate") and self.val_set is None:  # built lazily by val_dataloader() during fit
             if float(self.cfg.data.val_fraction) > 0:
                 groups = self.train_set.groups if self.train_set is not None else None

@@ -49,12 +49,12 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def _datamodule(cfg):
+def _datamodule(cfg, **kwargs):
     try:
         from ..data.datamodule import FusionDataModule
     except ImportError as exc:
         raise UserError(f"the data pipeline is not available: {exc}") from None
-    return FusionDataModule(cfg)
+    return FusionDataModule(cfg, **kwargs)
 
 
 def _precision(name: str) -> str:
@@ -153,11 +153,11 @@ def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs
 
     from ..models.text import TextEncoder
     from .callbacks import ImageGridLogger, MetricsJSON
-    from .fusion import build_module
+    from .fusion import FusionModule, build_module
 
     tc = cfg.train
     run_dir = Path(tc.out_dir) / tc.name
-    dm = datamodule if datamodule is not None else _datamodule(cfg)
+    dm = datamodule if datamodule is not None else _datamodule(cfg, train_keys=FusionModule.training_image_keys(cfg))
     train_loader = None
     if datamodule is not None:
         datamodule.setup("fit")

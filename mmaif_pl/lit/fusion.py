@@ -152,6 +152,11 @@ class FusionModule(L.LightningModule):
         """Noise and t from (seed, step): a resumed run draws what the uninterrupted one drew."""
         return torch.Generator().manual_seed(int(self.cfg.train.seed) * 1_000_003 + self.global_step + offset)
 
+    @staticmethod
+    def training_image_keys(cfg) -> tuple[str, ...]:
+        """The images `compute_loss` reads from a batch: the clean sources only for the pixel-space aux loss."""
+        return ("a", "b", "target") + (("a_clean", "b_clean") if cfg.train.aux_weight > 0 else ())
+
     def compute_loss(self, batch: dict, generator: torch.Generator, model=None) -> dict:
         self._frozen_to_device()
         # the three images of a sample in one codec call (a larger batch; per-sample results are unchanged)
