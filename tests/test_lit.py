@@ -72,6 +72,9 @@ def codec():
     return c
 
 
+QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu"}  # Trainer kwargs
+
+
 def cfg_for(tmp_path, *over):
     return load([], ["model.hidden=64", "model.depth=2", "model.heads=2", "model.pe_grid=8",
                      f"train.out_dir={tmp_path}", "train.warmup_steps=1", "train.val_every=2", "train.log_every=1",
@@ -139,10 +142,9 @@ def weights(module):
 
 
 def test_train_resume_checkpoint_and_refusals(tmp_path, codec, text):
-    quiet = {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu"}
     # a variant's steps_factor multiplies the scale's max_steps: 2 x 2 = the 4 steps the resumed run reaches below
     over = ["train.variant=flow", "train.max_steps=2", "train.steps_factor=2", "train.name=full"]
-    full, trainer, run = run_training(cfg_for(tmp_path, *over), datamodule=TinyDM(), trainer_kwargs=quiet,
+    full, trainer, run = run_training(cfg_for(tmp_path, *over), datamodule=TinyDM(), trainer_kwargs=QUIET,
                                       log=lambda *_: None)
     assert trainer.global_step == 4
     for f in ("config.yaml", "config.hash", "metrics.json", "checkpoints/last.ckpt", "codec/codec.json"):
@@ -152,15 +154,15 @@ def test_train_resume_checkpoint_and_refusals(tmp_path, codec, text):
 
     # interrupted at step 2, then resumed to 4: the same weights as the uninterrupted run
     part = ["train.variant=flow", "train.name=part"]
-    run_training(cfg_for(tmp_path, *part, "train.max_steps=2"), datamodule=TinyDM(), trainer_kwargs=quiet,
+    run_training(cfg_for(tmp_path, *part, "train.max_steps=2"), datamodule=TinyDM(), trainer_kwargs=QUIET,
                  log=lambda *_: None)
     with pytest.raises(ConfigError, match="refusing to resume"):
         run_training(cfg_for(tmp_path, *part, "train.max_steps=4", "train.lr=1e-3"), resume="last",
-                     datamodule=TinyDM(), trainer_kwargs=quiet, log=lambda *_: None)
+                     datamodule=TinyDM(), trainer_kwargs=QUIET, log=lambda *_: None)
     # max_steps is part of the config: resume under the same hash by keeping it, stopping early via max_steps
     cfg = cfg_for(tmp_path, *part, "train.max_steps=2")
     resumed, trainer, _ = run_training(cfg, resume="last", datamodule=TinyDM(),
-                                       trainer_kwargs={**quiet, "max_steps": 4}, log=lambda *_: None)
+                                       trainer_kwargs={**QUIET, "max_steps": 4}, log=lambda *_: None)
     assert trainer.global_step == 4
     wf, wr = weights(full), weights(resumed)
     assert wf.keys() == wr.keys()
@@ -197,13 +199,12 @@ def test_compiled_training_matches_plain_training_and_keeps_the_checkpoint_keys(
         return compiler
 
     backend = aot_autograd(fw_compiler=counting("forward"), bw_compiler=counting("backward"))
-    quiet = {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu"}
     runs = {}
     torch._dynamo.reset()
     try:
         for name, mode in (("plain", None), ("compiled", "default")):
             runs[name] = run_training(cfg_for(tmp_path, "train.max_steps=4", f"train.name={name}"), datamodule=TinyDM(),
-                                      trainer_kwargs=quiet, log=lambda *_: None, compile_mode=mode,
+                                      trainer_kwargs=QUIET, log=lambda *_: None, compile_mode=mode,
                                       compile_backend=backend)
     finally:
         torch._dynamo.reset()
