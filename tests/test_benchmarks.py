@@ -5,6 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -54,3 +57,63 @@ def test_kernel_count_of_a_training_step():
     assert phases["backward"] > phases["forward"] > 100 and phases["ema"] <= 2 and phases["adamw"] < 30
     total = int(out.strip().splitlines()[-1].split()[-2])
     assert total == sum(phases.values())
+
+
+def test_flops_splits_the_dit_and_rates_a_measured_run(tmp_path):
+    """CPU preset at 64 px (a 16 x 16 latent): the DiT's parts add up to its forward, the attention projections
+    match 8 N D^2 per block, half the routed experts' work has zero combine weight (top 2 of 4), N flow steps
+    cost N DiT passes, and measured milliseconds become TFLOP/s of the counted work."""
+    from mmaif_pl import config
+    from mmaif_pl.models.dit import DiTSpec
+
+    cfg_files = ["-c", "experiments/base.yaml", "-c", "experiments/scale/cpu.yaml"]
+    latency = {"patch_shifts": 1, "results": [
+        {"variant": "regression", "size": 64, "steps": 1, "tiles": 1, "ms": 4.0, "encode_ms": 1.0, "dit_ms": 2.0,
+         "decode_ms": 1.0},
+        {"variant": "flow", "size": 64, "steps": 2, "tiles": 1, "ms": 6.0, "encode_ms": 1.0, "dit_ms": 4.0,
+         "decode_ms": 1.0},
+        {"variant": "flow", "size": 64, "steps": 2, "tiles": 4, "ms": 9.0, "encode_ms": 1.0, "dit_ms": 7.0,
+         "decode_ms": 1.0}]}
+    (tmp_path / "latency.json").write_text(json.dumps(latency))
+    (tmp_path / "throughput.json").write_text(json.dumps({"images_per_s": {"train": 10.0, "dit": 20.0}}))
+    out = run("flops.py", *cfg_files, "--size", "64", "--steps", "2", "--crop", "64", "--target-ms", "10", "20",
+              "--latency", str(tmp_path / "latency.json"), "--throughput", str(tmp_path / "throughput.json"),
+              "--json", str(tmp_path / "flops.json"))
+    data = json.loads((tmp_path / "flops.json").read_text())
+    spec = DiTSpec.from_config(config.load(["experiments/base.yaml", "experiments/scale/cpu.yaml"], []).model)
+    counts = {c["variant"]: c for c in data["counts"]}
+    assert set(counts) == {"regression", "flow"}
+    for c in counts.values():
+        assert c["latent"] == [16, 16] and c["encode"] > 0 and c["decode"] > 0
+        assert sum(c["dit_parts"].values()) == pytest.approx(c["dit"], rel=1e-9)
+        assert min(c["dit_parts"].values()) >= 0 and c["zero_weight_fraction"] == 0.5
+        tokens = (16 // spec.patch) ** 2
+        assert c["dit_parts"]["attention projections"] * 1e9 == pytest.approx(
+            spec.depth * 8 * tokens * spec.hidden ** 2)
+        assert c["dit_parts"]["MoE experts"] == pytest.approx(4 * c["dit_parts"]["MoE shared expert"])
+    flow = counts["flow"]
+    row = next(r for r in data["fusion"] if r["variant"] == "flow" and r["steps"] == 2)
+    assert row["gflop"] == pytest.approx(flow["encode"] + 2 * flow["dit"] + flow["decode"], abs=0.1)
+    assert row["peak_fraction_for_ms"]["10.0"] == pytest.approx(2 * row["peak_fraction_for_ms"]["20.0"], abs=2e-3)
+    measured = {(r["variant"], r["steps"]): r for r in data["latency"]}
+    assert set(measured) == {("regression", 1), ("flow", 2)}  # the tiled row is not compared
+    assert measured[("flow", 2)]["dit_tflops"] == pytest.approx(2 * flow["dit"] / 4.0, abs=0.05)
+    train = data["training"]
+    assert train["images_encoded"] == 3  # a, b and the target; the clean pair only with the aux loss
+    # backward: two products per forward one, less the input gradients nobody needs (latents, text)
+    assert 2.8 * counts["regression"]["dit"] < train["dit_forward_backward"] <= 3 * counts["regression"]["dit"]
+    assert train["measured"]["train"]["tflops"] == pytest.approx(10.0 * train["total"] / 1e3, abs=0.05)
+    assert "on experts whose combine weight is zero" in out and "measured train" in out
+
+
+def test_flops_counts_a_depthwise_convolutions_backward_as_two_forwards():
+    """torch's formula ignores groups in the backward (a depthwise weight gradient counted as dense)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from flops import flops_by_module
+
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1, groups=64)
+    x = torch.randn(2, 64, 16, 16, requires_grad=True)
+    forward, _ = flops_by_module(lambda: conv(x))
+    out = conv(x)
+    both, _ = flops_by_module(lambda: out.sum().backward())
+    assert forward == 2 * 2 * 16 * 16 * 64 * 9 and both == 2 * forward
