@@ -57,7 +57,8 @@ def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _paddin
 
 
 def flops_by_module(fn) -> tuple[int, dict[str, int]]:
-    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flop}) as counter:
+    formulas = {torch.ops.aten.convolution_backward: conv_backward_flop}
+    with FlopCounterMode(display=False, custom_mapping=formulas) as counter:
         fn()
     per_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
     return counter.get_total_flops(), per_module
