@@ -120,13 +120,11 @@ def count_fusion(cfg, variant: str, size: int) -> dict:
 
 def count_training_image(cfg, crop: int) -> dict:
     """GFLOP of one training image: the frozen codec encodes its images, the DiT runs forward and backward."""
-    from mmaif_pl.lit.fusion import FusionModule
-
     module, _ = build(cfg.copy(), cfg.train.variant, None)
     cond = tuple(c.to("meta") for c in module.embed_text([PROMPT]))
     module.to("meta")
     module.codec.to("meta")
-    images = len(FusionModule.training_image_keys(cfg)) - (2 if cfg.train.aux_weight > 0 else 0)
+    images = 3  # compute_loss encodes a, b and the target (the aux loss's decode, off by default, is not counted)
     with torch.no_grad():
         enc, _ = flops_by_module(lambda: module.codec.encode(torch.zeros(images, 3, crop, crop, device="meta")))
         z = module.codec.encode(torch.zeros(1, 3, crop, crop, device="meta"))
