@@ -87,7 +87,9 @@ class CodecConfig:
     factor: int = 4  # spatial downsampling
     channels: int = 16  # latent channels
     block_channels: list[int] = field(default_factory=lambda: [64, 128])
-    layers_per_block: int = 1
+    # kl: resnet layers per level; tiny: blocks per level below full resolution (TAESD has 1 at full resolution);
+    # or, for tiny, one count per level, full resolution first (the decoder mirrors it)
+    layers_per_block: Any = 1
     residual: bool = True  # kl/tiny: learn a zero-initialised residual on top of the fitted linear codec
     fit_batches: int = 32  # batches of training images for the PCA fit and the latent statistics
     steps: int = 0  # training steps for learned kinds

@@ -74,6 +74,39 @@ def test_residual_learned_codec_starts_as_the_linear_one(kind, linear, photos):
     torch.testing.assert_close(codec.reconstruct(x), linear.reconstruct(x), atol=1e-5, rtol=1e-5)
 
 
+def test_tiny_codec_takes_block_counts_per_level(tmp_path, linear, photos):
+    """codec.layers_per_block as a list: [0, 2, 2] drops TAESD's full-resolution block in the encoder and the
+    decoder (mirrored); an int keeps TAESD's layout. The codec still starts as the linear one and round-trips."""
+    from diffusers.models.autoencoders.vae import AutoencoderTinyBlock
+
+    from mmaif_pl import config
+
+    def blocks(part):
+        return sum(isinstance(m, AutoencoderTinyBlock) for m in part.modules())
+
+    cfg = config.load([], ["codec.kind=tiny", "codec.factor=4", "codec.block_channels=[8,8,8]",
+                           "codec.layers_per_block=[0,2,2]"])
+    codec = LatentCodec.from_config(cfg.codec)
+    taesd = LatentCodec("tiny", 4, 16, [8, 8, 8], 2)
+    assert codec.ae.config.num_encoder_blocks == (0, 2, 2) and codec.ae.config.num_decoder_blocks == (2, 2, 0)
+    assert taesd.ae.config.num_encoder_blocks == (1, 2, 2) and taesd.ae.config.num_decoder_blocks == (2, 2, 1)
+    assert (blocks(codec.ae.encoder), blocks(codec.ae.decoder)) == (4, 4)
+    assert (blocks(taesd.ae.encoder), blocks(taesd.ae.decoder)) == (5, 5)
+    codec.linear.load_state_dict(linear.linear.state_dict())
+    codec.latent_mean.copy_(linear.latent_mean)
+    codec.latent_std.copy_(linear.latent_std)
+    x = photos[1][0][..., :64, :96]
+    torch.testing.assert_close(codec.reconstruct(x), linear.reconstruct(x), atol=1e-5, rtol=1e-5)
+    assert codec.describe()["layers_per_block"] == [0, 2, 2]
+    codec.save(tmp_path / "light")
+    again = LatentCodec.load(tmp_path / "light")
+    assert again.identity() == codec.identity() and tuple(again.ae.config.num_encoder_blocks) == (0, 2, 2)
+    with pytest.raises(UserError, match=r"codec.layers_per_block=\[0, 2\]: give one block count .* 3 levels"):
+        LatentCodec("tiny", 4, 16, [8, 8, 8], [0, 2])
+    with pytest.raises(UserError, match="kind=kl takes one int"):
+        LatentCodec("kl", 4, 16, [8, 8, 8], [0, 2, 2])
+
+
 def test_learned_codec_trains_and_round_trips(tmp_path, linear, photos):
     torch.manual_seed(0)  # the init and the KL's latent samples: not whatever earlier tests left in the RNG
     codec = LatentCodec("kl", 4, 16, [8, 16, 16])

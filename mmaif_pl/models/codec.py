@@ -95,11 +95,26 @@ class LinearCodec(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 
 
-def build_autoencoder(kind: str, factor: int, channels: int, block_channels, layers_per_block: int = 1):
+def tiny_blocks(layers_per_block, levels: int) -> tuple[int, ...]:
+    """AutoencoderTiny blocks per level, full resolution first. An int N is TAESD's layout: one block at full
+    resolution, N at every level below. A list gives each level's count: 0 at full resolution drops the
+    three 64-channel convolutions over every pixel, about half the codec's work (docs/speed.md)."""
+    if isinstance(layers_per_block, int):
+        return (1,) + (layers_per_block,) * (levels - 1)
+    counts = tuple(layers_per_block)
+    if len(counts) != levels or not all(isinstance(c, int) and c >= 0 for c in counts):
+        raise UserError(f"codec.layers_per_block={list(counts)}: give one block count (an int >= 0) per level, "
+                        f"{levels} levels here (block_channels), full resolution first; or one int for TAESD's layout")
+    return counts
+
+
+def build_autoencoder(kind: str, factor: int, channels: int, block_channels, layers_per_block=1):
     from diffusers import AutoencoderKL, AutoencoderTiny
 
     n = len(block_channels)
     if kind == "kl":
+        if not isinstance(layers_per_block, int):
+            raise UserError(f"codec.layers_per_block={layers_per_block}: kind=kl takes one int (layers per level)")
         if 2 ** (n - 1) != factor:
             raise UserError(f"codec.kind=kl: {n} block_channels give factor {2 ** (n - 1)}, codec.factor={factor}")
         groups = min(32, *block_channels)
@@ -116,11 +131,12 @@ def build_autoencoder(kind: str, factor: int, channels: int, block_channels, lay
         if 2 ** (n - 1) != factor:
             raise UserError(f"codec.kind=tiny: {n} block_channels give factor {2 ** (n - 1)}, codec.factor={factor}")
         width = (max(block_channels),) * n  # TAESD blocks keep one width (its strided convs do not widen)
+        blocks = tiny_blocks(layers_per_block, n)
         return AutoencoderTiny(
             encoder_block_out_channels=width,
             decoder_block_out_channels=width,
-            num_encoder_blocks=(1,) + (layers_per_block,) * (n - 1),
-            num_decoder_blocks=(layers_per_block,) * (n - 1) + (1,),
+            num_encoder_blocks=blocks,
+            num_decoder_blocks=blocks[::-1],
             latent_channels=channels,
         )
     raise UserError(f"unknown codec kind '{kind}'; valid: {', '.join(KINDS)}")
@@ -151,11 +167,13 @@ class LatentCodec(nn.Module):
     """Images (Bx3xHxW in [0, 1]) <-> standardised latents (B x C x H/f x W/f)."""
 
     def __init__(self, kind: str = "linear", factor: int = 4, channels: int = 16, block_channels=(64, 128),
-                 layers_per_block: int = 1, residual: bool = True, autoencoder: Optional[nn.Module] = None):
+                 layers_per_block=1, residual: bool = True, autoencoder: Optional[nn.Module] = None):
         super().__init__()
         if kind not in KINDS:
             raise UserError(f"unknown codec kind '{kind}'; valid: {', '.join(KINDS)}")
         self.kind, self.factor, self.channels = kind, factor, channels
+        if not isinstance(layers_per_block, int):  # per-level counts (an OmegaConf ListConfig from a config)
+            layers_per_block = list(layers_per_block)
         self.block_channels, self.layers_per_block = list(block_channels), layers_per_block
         self.residual = residual and kind in ("kl", "tiny")
         self.linear = LinearCodec(factor, channels) if kind == "linear" or self.residual else None
