@@ -52,7 +52,7 @@ DIT_PARTS = ("attention projections", "attention scores and values", "MoE expert
 def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
                        _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
     """Each of a convolution's two gradients costs one forward. torch's own formula ignores `groups` and counts
-    a depthwise 3x3 conv's weight gradient (the NAFBlock's) as a dense one: 8x the B preset's conv backward."""
+    a depthwise 3x3 conv's weight gradient (the NAFBlock's) as a dense one: 4x the B preset's conv backward."""
     return conv_flop_count(x_shape, w_shape, grad_out_shape, transposed) * (int(output_mask[0]) + int(output_mask[1]))
 
 
@@ -98,12 +98,18 @@ def zero_weight_fraction(dit: torch.nn.Module) -> float:
     return (moe[0].experts_n - moe[0].top_k) / moe[0].experts_n if moe else 0.0
 
 
-def count_fusion(cfg, variant: str, size: int) -> dict:
-    """GFLOP of encode (both sources), one DiT forward (by part) and decode at size x size, on meta tensors."""
+def on_meta(cfg, variant: str):
+    """The module latency.py times (random weights) and a prompt's embedding, both on the meta device."""
     module, _ = build(cfg.copy(), variant, None)
     cond = tuple(c.to("meta") for c in module.embed_text([PROMPT]))
     module.to("meta")
     module.codec.to("meta")  # the frozen codec is kept outside the module tree (not in checkpoints)
+    return module, cond
+
+
+def count_fusion(cfg, variant: str, size: int) -> dict:
+    """GFLOP of encode (both sources), one DiT forward (by part) and decode at size x size, on meta tensors."""
+    module, cond = on_meta(cfg, variant)
     pair = torch.zeros(2, 3, size, size, device="meta")
     dit = module.ema
     with torch.no_grad():
@@ -120,10 +126,7 @@ def count_fusion(cfg, variant: str, size: int) -> dict:
 
 def count_training_image(cfg, crop: int) -> dict:
     """GFLOP of one training image: the frozen codec encodes its images, the DiT runs forward and backward."""
-    module, _ = build(cfg.copy(), cfg.train.variant, None)
-    cond = tuple(c.to("meta") for c in module.embed_text([PROMPT]))
-    module.to("meta")
-    module.codec.to("meta")
+    module, cond = on_meta(cfg, cfg.train.variant)
     images = 3  # compute_loss encodes a, b and the target (the aux loss's decode, off by default, is not counted)
     with torch.no_grad():
         enc, _ = flops_by_module(lambda: module.codec.encode(torch.zeros(images, 3, crop, crop, device="meta")))
