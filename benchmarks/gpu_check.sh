@@ -4,15 +4,15 @@
 # graphs, the DiT rewritten into fewer kernels), the same without the rewrite, a profile of it, the same with
 # torch.compile at 1024 px, training throughput of the B preset at 256 px (batch 128; eager, then
 # compiled), eager latency with the classical baseline, a 4096 px tiled pair's peak GPU memory, the codec's
-# reconstruction PSNR (fast AutoencoderTiny preset vs SD-sized AutoencoderKL after the same short training) and
-# the SD-sized codec's latency. Each step has a time limit; a failed or skipped step does not stop the others;
+# reconstruction PSNR (the fast AutoencoderTiny preset, TAESD's layout with its full-resolution block, the
+# SD-sized AutoencoderKL, after the same short training) and the codecs' latency. Each step has a time limit; a failed or skipped step does not stop the others;
 # the most important ones run first.
 #
 # Usage, in a session whose task has a GPU, from the repo root:
 #   bash benchmarks/gpu_prepare.sh                 # here, once: missing wheels + MiniLM tokenizer -> .gpu_assets/
 #   device run: command "bash benchmarks/gpu_check.sh", carry [".gpu_assets"], timeout_s 600
 #   a subset: "ONLY='tests graphs throughput' DEADLINE=200 bash benchmarks/gpu_check.sh"
-#   (steps, in order: tests graphs unfused profile compile throughput data trainc eager big codec kl)
+#   (steps, in order: tests graphs taesd unfused profile compile throughput data trainc eager big codec kl)
 # Results in $OUT (or the folder given as $1; default gpu_check/): log.txt, latency_graphs.json, throughput.json,
 # latency.json, latency_4096.json, codec_psnr.json, latency_compiled.json (7 files, all small; the device tool
 # returns 8 at most; a latency JSON of a step stopped at its limit holds the rows it finished).
@@ -83,6 +83,11 @@ step tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tes
 step graphs 90 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${G[@]}" --no-baseline \
   --json "$OUT/latency_graphs.json" "${TEXT[@]}"
 
+# -- the 1024 px row with TAESD's layout (one block at full resolution, which the preset drops): the codec's
+#    encode and decode times with and without it, in the same lease; log only
+step taesd 40 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${G[@]}" --size $S1 --variant regression \
+  --no-baseline codec.layers_per_block=3 "${TEXT[@]}"
+
 # -- the same at 1024 px without the rewrite (--fused-blocks) and without bf16 weights: what each saves; log only
 step unfused 45 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${U1[@]}" \
   --size $S1 --steps 4 --no-baseline "${TEXT[@]}"
@@ -116,13 +121,14 @@ step eager 120 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" "${LE[@]}" --codec-
 step big 60 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${G[@]}" --size $S4 \
   --variant regression --tile $((S4 / 2)) --warmup 1 --repeats 3 --no-baseline --json "$OUT/latency_4096.json" "${TEXT[@]}"
 
-# -- codec quality: the same short training (600 steps, 128 px crops, bf16-mixed) of the fast preset and the SD-sized KL
+# -- codec quality: the same short training (600 steps, 128 px crops, bf16-mixed) of the fast preset, TAESD, SD-sized KL
 step codec 25 $PY -c "from mmaif_pl.data.synth import build; build('$W/data', counts={'train': 32, 'test': 2}, log=lambda *a, **k: None)"
 CODEC=(-c experiments/base.yaml -c experiments/scale/gpu.yaml "data.root=$W/data" data.val_fraction=0.004
        data.samples_per_epoch=16000 data.num_workers=$NW codec.crop=128 codec.batch_size=4 codec.steps=$CS
        codec.fit_batches=16 train.accelerator=$ACC)
 step codec 40 $PY -m mmaif_pl.cli train-codec "${CODEC[@]}" codec.kind=linear --out "$W/codec_linear"
 step codec 90 $PY -m mmaif_pl.cli train-codec "${CODEC[@]}" --out "$W/codec_tiny"
+step codec 90 $PY -m mmaif_pl.cli train-codec "${CODEC[@]}" codec.layers_per_block=3 --out "$W/codec_taesd"
 step codec 150 $PY -m mmaif_pl.cli train-codec "${CODEC[@]}" codec.kind=kl "codec.block_channels=$KL" \
   codec.layers_per_block=$KLL --out "$W/codec_kl"
 step codec 20 $PY - "$W" "$OUT/codec_psnr.json" <<'EOF'
@@ -130,9 +136,10 @@ import json, sys
 from pathlib import Path
 w, out = Path(sys.argv[1]), Path(sys.argv[2])
 res = {k: json.loads((w / f"codec_{k}" / "metrics.json").read_text())
-       for k in ("linear", "tiny", "kl") if (w / f"codec_{k}" / "metrics.json").is_file()}
+       for k in ("linear", "tiny", "taesd", "kl") if (w / f"codec_{k}" / "metrics.json").is_file()}
 note = ("val PSNR (dB) on 128 px crops of the embedded default after 600 steps (batch 4 pairs = 20 images, "
-        "bf16-mixed) from the residual initialisation (= the linear codec); the codec stage trains 20000 steps")
+        "bf16-mixed) from the residual initialisation (= the linear codec); the codec stage trains 20000 steps; "
+        "tiny: the GPU preset (no block at full resolution), taesd: TAESD's layout")
 out.write_text(json.dumps({"note": note, "codecs": res}, indent=1) + "\n")
 print({k: v.get("psnr") for k, v in res.items()})
 EOF
