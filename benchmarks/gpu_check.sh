@@ -5,8 +5,8 @@
 # torch.compile at 1024 px, training throughput of the B preset at 256 px (batch 128; eager, then
 # compiled), eager latency with the classical baseline, a 4096 px tiled pair's peak GPU memory, the codec's
 # reconstruction PSNR (the fast AutoencoderTiny preset, TAESD's layout with its full-resolution block, the
-# SD-sized AutoencoderKL, after the same short training) and the codecs' latency. Each step has a time limit; a failed or skipped step does not stop the others;
-# the most important ones run first.
+# SD-sized AutoencoderKL, after the same short training) and the codecs' latency. Each step has a time limit; a
+# failed or skipped step does not stop the others; the most important ones run first.
 #
 # Usage, in a session whose task has a GPU, from the repo root:
 #   bash benchmarks/gpu_prepare.sh                 # here, once: missing wheels + MiniLM tokenizer -> .gpu_assets/
@@ -66,16 +66,19 @@ EOF
   TEXT=("text.encoder=$W/minilm")
 fi
 B=(--device cuda --preset B)
-G=(--cuda-graphs --channels-last --bf16-weights --fused-blocks) U1=("${G[@]:0:3}") U2=("${G[@]:0:2}") L=() LE=(--warmup 3 --repeats 10) T=(--batch 128 --warmup 3 --steps 10) CS=600 NW=12 ACC=gpu KL="[128,256,512,512]" KLL=2 S4=4096 S1=1024
+G=(--cuda-graphs --channels-last --bf16-weights --fused-blocks) U1=("${G[@]:0:3}") U2=("${G[@]:0:2}") L=() LE=(--warmup 3 --repeats 10)
+T=(--batch 128 --warmup 3 --steps 10 --codec-bf16 --channels-last) CS=600 NW=12 ACC=gpu KL="[128,256,512,512]" KLL=2
+S4=4096 S1=1024
 if [[ ${SMOKE:-0} == 1 ]]; then  # a CPU dry run of the plumbing (minutes): tiny model, tiny sizes, few steps
-  B=(--device cpu --preset tiny) G=(--fused-blocks) U1=() U2=() L=(--size 128 --repeats 1 --warmup 0) LE=() T=(--batch 2 --crop 128 --steps 1 --warmup 0)
+  B=(--device cpu --preset tiny) G=(--fused-blocks) U1=() U2=() L=(--size 128 --repeats 1 --warmup 0) LE=() T=(--batch 2 --crop 128 --steps 1 --warmup 0 --channels-last)
   CS=2 NW=0 ACC=cpu KL="[16,16,16,16]" KLL=1 S4=512 S1=128
 fi
 
-# -- tests: CUDA graphs and the rewrite give eager's fused images, tiles are blended on the GPU ---------------------
+# -- tests: CUDA graphs and the rewrite give eager's fused images, tiles are blended on the GPU, the bf16 codec ------
 [[ -n ${TEXT[*]} ]] && export MMAIF_TEST_TEXT_ENCODER=${TEXT[0]#text.encoder=}
 step tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_fused_blocks.py \
-  tests/test_fuse.py::test_tiles_are_cut_and_blended_on_the_gpu
+  tests/test_fuse.py::test_tiles_are_cut_and_blended_on_the_gpu \
+  tests/test_fuse.py::test_codec_bf16_on_the_gpu_stays_close_to_float32
 
 # -- latency: B preset, AutoencoderTiny f8x16 (experiments/scale/gpu.yaml), bf16, CUDA graphs, channels-last,
 #    bf16 matmul weights, the DiT rewritten into fewer kernels (the 2026-11-26 table in docs/speed.md was measured
@@ -103,7 +106,8 @@ step profile 60 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${G[
 step compile 240 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --compile default "${G[@]}" --size $S1 --steps 4 \
   --no-baseline --json "$OUT/latency_compiled.json" "${TEXT[@]}"
 
-# -- training throughput of the B preset at 256 px --------------------------------------------------------------
+# -- training throughput of the B preset at 256 px, the codec as `mmaif train --codec-bf16 --channels-last` runs it
+#    (the float32 encode is timed beside it) ------------------------------------------------------------------
 step throughput 120 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --profile 25 \
   --json "$OUT/throughput.json" "${TEXT[@]}"
 

@@ -3,6 +3,7 @@
     python benchmarks/train_throughput.py                          # GPU: the B preset, gpu.yaml; CPU: tiny
     python benchmarks/train_throughput.py --device cpu --preset tiny --batch 4 --steps 3
     python benchmarks/train_throughput.py --device cuda --preset B --workers 12 --json out.json
+    python benchmarks/train_throughput.py --device cuda --codec-bf16 --channels-last   # mmaif train's codec switches
 
 Four measurements, each a median over timed steps after warm-up:
   data     the DataModule's training loader (crop, flip, degrade both sources, target, prompt; N workers)
@@ -15,9 +16,11 @@ The model sits on the device (codec + DiT run one after the other), so its ceili
 loader's rate and that ceiling, and within the model the part that takes longer. Random weights (rates do
 not depend on them); on GPU the DiT runs under bf16 autocast (train.precision auto = bf16-mixed).
 Without --root, a dataset of 320x320 photographs is written to a temporary folder (the embedded default's
-pairs are too small for 256 crops). JSON: {"device", "preset", "batch", "crop", "workers", "images_per_s":
-{"data", "codec", "dit", "model", "train"}, "limit", "codec_fast_paths_images_per_s"}; the last (GPU, learned
-codec) times the encode with channels-last memory and with bf16 too, the fast paths inference uses.
+pairs are too small for 256 crops). `--codec-bf16` and `--channels-last` set the codec as `mmaif train`'s
+switches of the same names do, for the codec and train measurements. JSON: {"device", "preset", "batch", "crop",
+"workers", "codec_bf16", "channels_last", "images_per_s": {"data", "codec", "dit", "model", "train"}, "limit",
+"codec_fast_paths_images_per_s"}; the last (GPU, learned codec) times the encode in float32 NCHW, channels-last
+and channels-last bf16 side by side, whatever the switches.
 """
 from __future__ import annotations
 
@@ -64,6 +67,10 @@ def main(argv=None) -> int:
     p.add_argument("--variant", default="regression", choices=["regression", "flow"])
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the DiT being trained, regionally (mmaif_pl.fuse.compile_blocks)")
+    p.add_argument("--codec-bf16", action="store_true",
+                   help="the codec under bf16 autocast (GPU; mmaif train --codec-bf16)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last codec convolutions (mmaif train --channels-last)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after timing the DiT step, the N operations of it that take the most device time")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 gives stable figures on a busy machine)")
@@ -83,6 +90,8 @@ def main(argv=None) -> int:
 
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
+    if args.codec_bf16 and not gpu:
+        p.error("--codec-bf16 runs the codec under bf16 autocast on a GPU; the device is the CPU")
     if args.threads:
         torch.set_num_threads(args.threads)
     files = args.config or [str(REPO / "experiments/base.yaml"), str(REPO / f"experiments/scale/{'gpu' if gpu else 'cpu'}.yaml")]
@@ -139,17 +148,22 @@ def main(argv=None) -> int:
 
     # -- codec -----------------------------------------------------------------------------------------
     images = torch.cat([batch["a"], batch["b"], batch["target"]])
+    ae = getattr(module.codec, "ae", None)
+
+    def set_codec(channels_last: bool, bf16: bool):
+        if ae is not None:
+            ae.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        module.codec_bf16 = bf16
+
+    codec_options = {}  # GPU, learned codec: the three encodes side by side
+    if gpu and ae is not None:
+        for key, setting in (("float32", (False, False)), ("channels_last", (True, False)),
+                             ("channels_last_bf16", (True, True))):
+            set_codec(*setting)
+            codec_options[key] = rate(lambda: module.encode(images), bs, steps, warmup, sync)
+    set_codec(args.channels_last, args.codec_bf16)  # what the codec and train measurements use
     codec_rate = rate(lambda: module.encode(images), bs, steps, warmup, sync)
     print(f"  codec {codec_rate:.1f} images/s", flush=True)
-    codec_options = {}  # GPU: what the inference fast paths would buy the training encode (not used below)
-    ae = getattr(module.codec, "ae", None)
-    if gpu and ae is not None:
-        ae.to(memory_format=torch.channels_last)
-        codec_options["channels_last"] = rate(lambda: module.encode(images), bs, steps, warmup, sync)
-        module.codec_bf16 = True
-        codec_options["channels_last_bf16"] = rate(lambda: module.encode(images), bs, steps, warmup, sync)
-        module.codec_bf16 = False
-        ae.to(memory_format=torch.contiguous_format)
 
     # -- DiT step on ready latents ---------------------------------------------------------------------
     with torch.no_grad():
@@ -194,13 +208,14 @@ def main(argv=None) -> int:
     res = {"data": data_rate, "codec": codec_rate, "dit": dit_rate, "model": model_rate, "train": train_rate}
     print("images/s: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()))
     if codec_options:
-        print("codec encoding with inference fast paths, images/s: "
+        print("codec encoding, images/s: "
               + ", ".join(f"{k} {v:.1f}" for k, v in codec_options.items()))
     print(f"training throughput {train_rate:.1f} images/s at {args.crop}x{args.crop}; limited by {limit}")
     if args.json:
         write_json(Path(args.json), {
             "device": name, "preset": cfg.model.preset, "codec": f"{cfg.codec.kind} f{cfg.codec.factor}x{cfg.codec.channels}",
             "batch": bs, "crop": args.crop, "workers": workers, "bf16": bf16, "variant": args.variant,
+            "codec_bf16": args.codec_bf16, "channels_last": args.channels_last,
             "images_per_s": {k: round(v, 2) for k, v in res.items()}, "limit": limit,
             "codec_fast_paths_images_per_s": {k: round(v, 2) for k, v in codec_options.items()}})
         print(f"wrote {args.json}")

@@ -34,12 +34,20 @@ def test_latency_writes_rows_and_profiles(tmp_path):
 
 def test_train_throughput_names_the_limit(tmp_path):
     out = run("train_throughput.py", "--device", "cpu", "--preset", "tiny", "--batch", "2", "--crop", "64",
-              "--workers", "0", "--steps", "1", "--warmup", "0", "--profile", "5", "--json", str(tmp_path / "t.json"))
+              "--workers", "0", "--steps", "1", "--warmup", "0", "--profile", "5", "--channels-last",
+              "--json", str(tmp_path / "t.json"))
     data = json.loads((tmp_path / "t.json").read_text())
+    assert data["channels_last"] is True and data["codec_bf16"] is False
     assert set(data["images_per_s"]) == {"data", "codec", "dit", "model", "train"}
     assert all(v > 0 for v in data["images_per_s"].values())
     assert data["batch"] == 2 and data["crop"] == 64 and data["limit"]
     assert "profile, 3 calls: wall" in out and f"training throughput {data['images_per_s']['train']:.1f}" in out
+
+
+def test_train_throughput_refuses_the_bf16_codec_on_the_cpu():
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--device", "cpu",
+                          "--codec-bf16"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert res.returncode == 2 and "--codec-bf16 runs the codec under bf16 autocast on a GPU" in res.stderr
 
 
 def test_kernel_count_prints_both_variants():

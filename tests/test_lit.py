@@ -224,6 +224,32 @@ def test_compiled_training_matches_plain_training_and_keeps_the_checkpoint_keys(
     torch.testing.assert_close(loaded.fuse(b["a"], b["b"], b["prompt"]), compiled.fuse(b["a"], b["b"], b["prompt"]))
 
 
+def test_training_codec_switches_keep_the_weights_and_refuse_bf16_off_the_gpu(tmp_path, text):
+    """`mmaif train --channels-last` with a learned codec: its convolutions train-time channels-last, the weights
+    after 2 steps those of the plain run, the summary says so. `--codec-bf16` (CUDA autocast) on a CPU run is
+    refused before anything is written."""
+    codec = LatentCodec("tiny", 4, 16, [8, 8, 8], [0, 1, 1])
+    codec.fit_linear([torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))])
+    codec.save(tmp_path / "codec")
+    over = [f"codec.path={tmp_path / 'codec'}", "codec.kind=tiny", "train.max_steps=2"]
+    with pytest.raises(UserError, match="--codec-bf16 runs the codec under bf16 autocast on a GPU"):
+        run_training(cfg_for(tmp_path, *over, "train.name=bf16", "train.accelerator=cpu"), codec_bf16=True,
+                     datamodule=TinyDM(), trainer_kwargs=QUIET, log=lambda *_: None)
+    assert not (tmp_path / "bf16").exists()
+    plain, _, _ = run_training(cfg_for(tmp_path, *over, "train.name=plain"), datamodule=TinyDM(),
+                               trainer_kwargs=QUIET, log=lambda *_: None)
+    fast, _, run = run_training(cfg_for(tmp_path, *over, "train.name=fast"), datamodule=TinyDM(),
+                                trainer_kwargs=QUIET, log=lambda *_: None, channels_last=True)
+    convs = [m.weight for m in fast.codec.ae.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    wp, wf = weights(plain), weights(fast)
+    assert wp.keys() == wf.keys()
+    for k in wp:
+        torch.testing.assert_close(wf[k], wp[k], msg=k)
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["channels_last"] is True and "codec_bf16" not in summary and "compile" not in summary
+
+
 def test_train_command_hands_its_compile_mode_to_the_run(monkeypatch, capsys):
     from mmaif_pl import cli
     from mmaif_pl.lit import commands
@@ -231,7 +257,9 @@ def test_train_command_hands_its_compile_mode_to_the_run(monkeypatch, capsys):
     seen = {}
     monkeypatch.setattr(commands, "run_training", lambda cfg, **kwargs: seen.update(kwargs))
     assert cli.main(["train", "--compile", "max-autotune", "train.name=x"]) == 0
-    assert seen == {"resume": None, "compile_mode": "max-autotune"}
+    assert seen == {"resume": None, "compile_mode": "max-autotune", "codec_bf16": False, "channels_last": False}
+    assert cli.main(["train", "--codec-bf16", "--channels-last", "train.name=x"]) == 0
+    assert seen == {"resume": None, "compile_mode": None, "codec_bf16": True, "channels_last": True}
     with pytest.raises(SystemExit) as exc:  # argparse: exit 2, the valid modes listed
         cli.main(["train", "--compile", "fast"])
     assert exc.value.code == 2 and "max-autotune-no-cudagraphs" in capsys.readouterr().err

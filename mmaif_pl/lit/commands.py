@@ -17,7 +17,8 @@ TRAIN_CODEC_EXAMPLE = """example:
 TRAIN_EXAMPLE = """example:
   mmaif train -c experiments/base.yaml train.variant=flow train.name=flow train.max_steps=200
   mmaif train -c experiments/base.yaml --resume            # continue runs/<name>/checkpoints/last.ckpt
-  mmaif train -c experiments/base.yaml -c experiments/scale/gpu.yaml --compile default   # GPU: compiled blocks"""
+  mmaif train -c experiments/base.yaml -c experiments/scale/gpu.yaml --compile default   # GPU: compiled blocks
+  mmaif train -c experiments/base.yaml -c experiments/scale/gpu.yaml --codec-bf16 --channels-last  # GPU codec"""
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # inductor's
@@ -45,6 +46,12 @@ def register(subparsers) -> None:
     p.add_argument("--compile", metavar="MODE", choices=COMPILE_MODES,
                    help=f"torch.compile each DiT block being trained ({' | '.join(COMPILE_MODES)}): a speed switch, "
                         "not part of the config; checkpoints keep the plain model's keys and load without it")
+    p.add_argument("--codec-bf16", action="store_true",
+                   help="run the frozen codec under bf16 autocast (GPU only): a speed switch, not part of the config; "
+                        "its latents differ from float32 ones by 0.4%% (docs/speed.md)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last memory for a learned codec's convolutions: a speed switch, not part of the "
+                        "config")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     p.set_defaults(func=cmd_train)
 
@@ -141,11 +148,15 @@ def prepare_codec(cfg, run_dir: Path, train_loader=None):
 
 
 def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs=None, log=print,
-                 compile_mode: str | None = None, compile_backend="inductor"):
+                 compile_mode: str | None = None, compile_backend="inductor", codec_bf16: bool = False,
+                 channels_last: bool = False):
     """Train per `cfg`; returns (module, trainer, run_dir). `datamodule` and `trainer_kwargs` are for tests.
 
-    `compile_mode` compiles the DiT's blocks and final layer in place (`fuse.compile_blocks`): the parameters
-    and state_dict keys stay those of the plain model, so checkpoints, resuming and the EMA are unchanged.
+    Speed switches, outside the config and its hash (a run may be resumed with or without them; the summary
+    records them): `compile_mode` compiles the DiT's blocks and final layer in place (`fuse.compile_blocks`;
+    the parameters and state_dict keys stay those of the plain model, so checkpoints, resuming and the EMA are
+    unchanged); `codec_bf16` runs the frozen codec under bf16 autocast (CUDA only) and `channels_last` stores
+    a learned codec's convolutions channels-last, the codec fast paths of inference.
     """
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -156,6 +167,9 @@ def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs
     from .fusion import FusionModule, build_module
 
     tc = cfg.train
+    if codec_bf16 and _device(tc.accelerator).type != "cuda":
+        raise UserError(f"--codec-bf16 runs the codec under bf16 autocast on a GPU; this run trains on the CPU "
+                        f"(train.accelerator={tc.accelerator})")
     run_dir = Path(tc.out_dir) / tc.name
     dm = datamodule if datamodule is not None else _datamodule(cfg, train_keys=FusionModule.training_image_keys(cfg))
     train_loader = None
@@ -177,6 +191,11 @@ def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs
         from ..fuse import compile_blocks
 
         compile_blocks(module.dit, backend=compile_backend, mode=compile_mode)
+    module.codec_bf16 = codec_bf16
+    if channels_last and getattr(codec, "ae", None) is not None:
+        import torch
+
+        codec.ae.to(memory_format=torch.channels_last)
     logger = TensorBoardLogger(save_dir=tc.out_dir, name=tc.name, version="", default_hp_metric=False)
     ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
                               every_n_train_steps=tc.val_every, save_last=True, save_top_k=1)
@@ -200,8 +219,8 @@ def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs
         summary = {"variant": tc.variant, "name": tc.name, "steps": trainer.global_step, "seconds": round(seconds, 1),
                    "params": sum(p.numel() for p in module.dit.parameters() if p.requires_grad),
                    "config_hash": digest}
-        if compile_mode:
-            summary["compile"] = compile_mode
+        speed = {"compile": compile_mode, "codec_bf16": codec_bf16, "channels_last": channels_last}
+        summary.update({k: v for k, v in speed.items() if v})  # only the switches used: plain runs stay as they were
         atomic_write_text(run_dir / "train_summary.json", json.dumps(summary, indent=2) + "\n")
     log(f"trained {tc.variant} '{tc.name}' to step {trainer.global_step} in {seconds:.0f}s: "
         f"checkpoint {last}, metrics {run_dir / 'metrics.json'}, TensorBoard {run_dir} (config hash {digest})")
@@ -210,5 +229,6 @@ def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs
 
 def cmd_train(args) -> int:
     cfg = load(args.config, args.overrides)
-    run_training(cfg, resume=args.resume, compile_mode=args.compile)
+    run_training(cfg, resume=args.resume, compile_mode=args.compile, codec_bf16=args.codec_bf16,
+                 channels_last=args.channels_last)
     return 0

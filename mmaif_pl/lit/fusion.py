@@ -98,8 +98,8 @@ class FusionModule(L.LightningModule):
         self.ema.eval()
         return self
 
-    # Codec precision: float32 by default (bf16 costs PSNR); `codec_bf16 = True` runs a learned codec under
-    # bf16 autocast on GPU (the fast path of the latency benchmark; its PSNR cost is measured there).
+    # Codec precision: float32 by default; `codec_bf16 = True` runs the codec under bf16 autocast on a GPU
+    # (`mmaif fuse --codec-bf16`, `mmaif train --codec-bf16`): latents 0.4% from float32's (docs/speed.md).
     codec_bf16 = False
 
     def _codec_autocast(self):
