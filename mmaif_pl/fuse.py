@@ -300,6 +300,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "into fewer, larger kernels from the same weights (2.3x fewer per B forward; the same output "
                    "up to float rounding)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory for a learned codec (GPU)")
-    p.add_argument("--codec-bf16", action="store_true", help="run a learned codec under bf16 autocast (GPU): "
-                   "0.01-0.03 dB of reconstruction PSNR (docs/speed.md)")
+    p.add_argument("--codec-bf16", action="store_true", help="run the codec under bf16 autocast (GPU): on the GPU "
+                   "preset's codec, 0.01-0.03 dB of reconstruction PSNR (docs/speed.md)")
     p.set_defaults(func=cmd_fuse)
