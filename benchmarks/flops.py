@@ -144,6 +144,19 @@ def count_training_image(cfg, crop: int) -> dict:
             "total": (enc + fwd_bwd) / G}
 
 
+def measured_model_mismatch(data: dict, cfg) -> str | None:
+    """Why a latency / throughput JSON is not a run of the model counted here (preset, codec, codec layout), or
+    None. JSONs written before the layout was recorded are taken at their word for it."""
+    c = cfg.codec
+    counted = {"preset": cfg.model.preset, "codec": f"{c.kind} f{c.factor}x{c.channels}",
+               "codec_layers_per_block": c.layers_per_block if isinstance(c.layers_per_block, int)
+               else list(c.layers_per_block)}
+    for key, value in counted.items():
+        if key in data and data[key] != value:
+            return f"measured with {key}={data[key]}, counting {value}: pass the run's settings as overrides"
+    return None
+
+
 def ms_at(gflop: float, tflops: float) -> float:
     return gflop / tflops  # GFLOP / (TFLOP/s) = ms
 
@@ -203,8 +216,15 @@ def main(argv=None) -> int:
     files = args.config or [str(REPO / "experiments/base.yaml"), str(REPO / "experiments/scale/gpu.yaml")]
     cfg = config.load(files, list(args.overrides) + ([f"model.preset={args.preset}"] if args.preset else []))
     for path in (args.latency, args.throughput):
-        if path is not None and not path.is_file():
+        if path is None:
+            continue
+        if not path.is_file():
             p.error(f"{path}: no such file")
+        mismatch = measured_model_mismatch(json.loads(path.read_text()), cfg)
+        if mismatch:
+            p.error(f"{path}: {mismatch}")
+        if "codec_layers_per_block" not in json.loads(path.read_text()):
+            print(f"note: {path} does not record its codec layout; it is taken to be the counted one")
     counts = {(v, s): count_fusion(cfg, v, s) for v in args.variant for s in args.size}
     peak = args.peak_tflops
     print(f"preset {cfg.model.preset}, codec {cfg.codec.kind} f{cfg.codec.factor}x{cfg.codec.channels}; "
@@ -246,13 +266,16 @@ def main(argv=None) -> int:
             t["peak_fraction_for_target"] = round(args.target_images_per_s * t["total"] / 1e3 / peak, 3)
             print(f"  {args.target_images_per_s:g} images/s needs {t['peak_fraction_for_target']:.1%} of peak")
         if args.throughput:
-            rates = json.loads(args.throughput.read_text())["images_per_s"]
+            measured = json.loads(args.throughput.read_text())
+            rates = dict(measured["images_per_s"])
             per = {"train": t["total"], "dit": t["dit_forward_backward"], "codec": t["encode"]}
+            for name, r in measured.get("codec_fast_paths_images_per_s", {}).items():  # the encodes side by side
+                rates[f"codec {name}"], per[f"codec {name}"] = r, t["encode"]
             t["measured"] = {k: {"images_per_s": rates[k], "tflops": round(rates[k] * g / 1e3, 1),
                                  "peak_fraction": round(rates[k] * g / 1e3 / peak, 3)}
                              for k, g in per.items() if k in rates}
             for k, m in t["measured"].items():
-                print(f"  measured {k:<6} {m['images_per_s']:>8.1f} images/s = {m['tflops']:>6.1f} TFLOP/s "
+                print(f"  measured {k:<26} {m['images_per_s']:>8.1f} images/s = {m['tflops']:>6.1f} TFLOP/s "
                       f"({m['peak_fraction']:.1%} of peak)")
         result["training"] = t
 

@@ -19,9 +19,9 @@ depend on the weights (dense MoE dispatch, no data-dependent work), and the outp
 The classical baseline (restoration of both sources by their degradation names, then the per-task rule,
 `mmaif_pl.baselines.restore_and_fuse`, OpenCV on the CPU) is timed on the same pair, once per size.
 
-JSON (`--json OUT`): {"device", "cpu", "threads", "weights", "preset", "codec", "tile", "results": [{"variant",
-"size", "steps", "ms", "encode_ms", "dit_ms", "decode_ms", "baseline_ms", "cpu_ms", "tiles", "repeats",
-"peak_rss_mb", "peak_gpu_mb"}]}. `cpu_ms` is the process CPU time of a run (all threads): on a shared,
+JSON (`--json OUT`): {"device", "cpu", "threads", "weights", "preset", "codec", "codec_layers_per_block", "tile",
+..., "results": [{"variant", "size", "steps", "ms", "encode_ms", "dit_ms", "decode_ms", "baseline_ms", "cpu_ms",
+"tiles", "repeats", "peak_rss_mb", "peak_gpu_mb"}]}. `cpu_ms` is the process CPU time of a run (all threads): on a shared,
 busy machine it shows the work done when wall time is inflated by other processes.
 """
 from __future__ import annotations
@@ -290,7 +290,8 @@ def main(argv=None) -> int:
         if header is None:
             mc, cc = module.cfg.model, module.codec
             header = {"device": name, "cpu": cpu_name(), "threads": torch.get_num_threads(), "weights": weights,
-                      "preset": mc.preset, "codec": f"{cc.kind} f{cc.factor}x{cc.channels}", "tile": tile,
+                      "preset": mc.preset, "codec": f"{cc.kind} f{cc.factor}x{cc.channels}",
+                      "codec_layers_per_block": cc.layers_per_block, "tile": tile,
                       "dit_bf16": fuser.bf16, "codec_bf16": args.codec_bf16 and gpu, "compile": args.compile,
                       "cuda_graphs": args.cuda_graphs, "bf16_weights": args.bf16_weights,
                       "fused_blocks": args.fused_blocks,

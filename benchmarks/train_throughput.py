@@ -17,9 +17,9 @@ loader's rate and that ceiling, and within the model the part that takes longer.
 not depend on them); on GPU the DiT runs under bf16 autocast (train.precision auto = bf16-mixed).
 Without --root, a dataset of 320x320 photographs is written to a temporary folder (the embedded default's
 pairs are too small for 256 crops). `--codec-bf16` and `--channels-last` set the codec as `mmaif train`'s
-switches of the same names do, for the codec and train measurements. JSON: {"device", "preset", "batch", "crop",
-"workers", "codec_bf16", "channels_last", "images_per_s": {"data", "codec", "dit", "model", "train"}, "limit",
-"codec_fast_paths_images_per_s"}; the last (GPU, learned codec) times the encode in float32 NCHW, channels-last
+switches of the same names do, for the codec and train measurements. JSON: {"device", "preset", "codec",
+"codec_layers_per_block", "batch", "crop", "workers", "codec_bf16", "channels_last", "images_per_s": {"data",
+"codec", "dit", "model", "train"}, "limit", "codec_fast_paths_images_per_s"}; the last (GPU, learned codec) times the encode in float32 NCHW, channels-last
 and channels-last bf16 side by side, whatever the switches.
 """
 from __future__ import annotations
@@ -214,6 +214,7 @@ def main(argv=None) -> int:
     if args.json:
         write_json(Path(args.json), {
             "device": name, "preset": cfg.model.preset, "codec": f"{cfg.codec.kind} f{cfg.codec.factor}x{cfg.codec.channels}",
+            "codec_layers_per_block": module.codec.layers_per_block,
             "batch": bs, "crop": args.crop, "workers": workers, "bf16": bf16, "variant": args.variant,
             "codec_bf16": args.codec_bf16, "channels_last": args.channels_last,
             "images_per_s": {k: round(v, 2) for k, v in res.items()}, "limit": limit,

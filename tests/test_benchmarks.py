@@ -70,7 +70,8 @@ def test_kernel_count_of_a_training_step():
 def test_flops_splits_the_dit_and_rates_a_measured_run(tmp_path):
     """CPU preset at 64 px (a 16 x 16 latent): the DiT's parts add up to its forward, the attention projections
     match 8 N D^2 per block, half the routed experts' work has zero combine weight (top 2 of 4), N flow steps
-    cost N DiT passes, and measured milliseconds become TFLOP/s of the counted work."""
+    cost N DiT passes, attention is 4 N^2 D per block, and measured milliseconds become TFLOP/s of the counted
+    work."""
     from mmaif_pl import config
     from mmaif_pl.models.dit import DiTSpec
 
@@ -83,7 +84,8 @@ def test_flops_splits_the_dit_and_rates_a_measured_run(tmp_path):
         {"variant": "flow", "size": 64, "steps": 2, "tiles": 4, "ms": 9.0, "encode_ms": 1.0, "dit_ms": 7.0,
          "decode_ms": 1.0}]}
     (tmp_path / "latency.json").write_text(json.dumps(latency))
-    (tmp_path / "throughput.json").write_text(json.dumps({"images_per_s": {"train": 10.0, "dit": 20.0}}))
+    (tmp_path / "throughput.json").write_text(json.dumps({"images_per_s": {"train": 10.0, "dit": 20.0},
+                                                          "codec_fast_paths_images_per_s": {"float32": 50.0}}))
     out = run("flops.py", *cfg_files, "--size", "64", "--steps", "2", "--crop", "64", "--target-ms", "10", "20",
               "--latency", str(tmp_path / "latency.json"), "--throughput", str(tmp_path / "throughput.json"),
               "--json", str(tmp_path / "flops.json"))
@@ -98,6 +100,8 @@ def test_flops_splits_the_dit_and_rates_a_measured_run(tmp_path):
         tokens = (16 // spec.patch) ** 2
         assert c["dit_parts"]["attention projections"] * 1e9 == pytest.approx(
             spec.depth * 8 * tokens * spec.hidden ** 2)
+        assert c["dit_parts"]["attention scores and values"] * 1e9 == pytest.approx(
+            spec.depth * 4 * tokens ** 2 * spec.hidden)  # Q K^T and P V
         assert c["dit_parts"]["MoE experts"] == pytest.approx(4 * c["dit_parts"]["MoE shared expert"])
     flow = counts["flow"]
     row = next(r for r in data["fusion"] if r["variant"] == "flow" and r["steps"] == 2)
@@ -111,7 +115,16 @@ def test_flops_splits_the_dit_and_rates_a_measured_run(tmp_path):
     # backward: two products per forward one, less the input gradients nobody needs (latents, text)
     assert 2.8 * counts["regression"]["dit"] < train["dit_forward_backward"] <= 3 * counts["regression"]["dit"]
     assert train["measured"]["train"]["tflops"] == pytest.approx(10.0 * train["total"] / 1e3, abs=0.05)
+    assert train["measured"]["codec float32"]["tflops"] == pytest.approx(50.0 * train["encode"] / 1e3, abs=0.05)
     assert "on experts whose combine weight is zero" in out and "measured train" in out
+
+    # a run of another codec layout is refused: its time would be rated against the wrong work
+    latency["codec_layers_per_block"] = [0, 3, 3, 3]
+    (tmp_path / "latency.json").write_text(json.dumps(latency))
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "flops.py"), *cfg_files, "--size", "64",
+                          "--latency", str(tmp_path / "latency.json")], capture_output=True, text=True, cwd=REPO,
+                         timeout=300)
+    assert res.returncode == 2 and "measured with codec_layers_per_block=[0, 3, 3, 3], counting 1" in res.stderr
 
 
 def test_flops_counts_a_depthwise_convolutions_backward_as_two_forwards():
