@@ -56,12 +56,13 @@ def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _paddin
     return conv_flop_count(x_shape, w_shape, grad_out_shape, transposed) * (int(output_mask[0]) + int(output_mask[1]))
 
 
-def flops_by_module(fn) -> tuple[int, dict[str, int]]:
+def flops_by_module(fn) -> tuple[object, int, dict[str, int]]:
+    """fn's result, its FLOPs, and its FLOPs per enclosing module."""
     formulas = {torch.ops.aten.convolution_backward: conv_backward_flop}
     with FlopCounterMode(display=False, custom_mapping=formulas) as counter:
-        fn()
+        out = fn()
     per_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
-    return counter.get_total_flops(), per_module
+    return out, counter.get_total_flops(), per_module
 
 
 def split_dit(total: int, per_module: dict[str, int]) -> dict[str, int]:
@@ -113,12 +114,11 @@ def count_fusion(cfg, variant: str, size: int) -> dict:
     pair = torch.zeros(2, 3, size, size, device="meta")
     dit = module.ema
     with torch.no_grad():
-        enc, _ = flops_by_module(lambda: module.codec.encode(pair))
-        z = module.codec.encode(pair)
+        z, enc, _ = flops_by_module(lambda: module.codec.encode(pair))
         x = torch.zeros(1, dit.latent_channels * dit.n_inputs, *z.shape[-2:], device="meta")
         t = torch.zeros(1, device="meta") if dit.t_embed is not None else None
-        fwd, per_module = flops_by_module(lambda: module.denoiser(x, *cond, t=t, model=dit))
-        dec, _ = flops_by_module(lambda: module.codec.decode(z[:1]))
+        _, fwd, per_module = flops_by_module(lambda: module.denoiser(x, *cond, t=t, model=dit))
+        _, dec, _ = flops_by_module(lambda: module.codec.decode(z[:1]))
     return {"variant": variant, "size": size, "encode": enc / G, "dit": fwd / G, "decode": dec / G,
             "dit_parts": {k: v / G for k, v in split_dit(fwd, per_module).items()},
             "zero_weight_fraction": zero_weight_fraction(dit), "latent": list(z.shape[-2:])}
@@ -129,8 +129,7 @@ def count_training_image(cfg, crop: int) -> dict:
     module, cond = on_meta(cfg, cfg.train.variant)
     images = 3  # compute_loss encodes a, b and the target (the aux loss's decode, off by default, is not counted)
     with torch.no_grad():
-        enc, _ = flops_by_module(lambda: module.codec.encode(torch.zeros(images, 3, crop, crop, device="meta")))
-        z = module.codec.encode(torch.zeros(1, 3, crop, crop, device="meta"))
+        z, enc, _ = flops_by_module(lambda: module.codec.encode(torch.zeros(images, 3, crop, crop, device="meta")))
     dit = module.dit.train()
     x = torch.zeros(1, dit.latent_channels * dit.n_inputs, *z.shape[-2:], device="meta")
     t = torch.zeros(1, device="meta") if dit.t_embed is not None else None
@@ -139,18 +138,21 @@ def count_training_image(cfg, crop: int) -> dict:
         out, balance = module.denoiser(x, *cond, t=t, model=dit)
         (out.float().square().mean() + balance).backward()
 
-    fwd_bwd, _ = flops_by_module(step)
+    _, fwd_bwd, _ = flops_by_module(step)
     return {"crop": crop, "images_encoded": images, "encode": enc / G, "dit_forward_backward": fwd_bwd / G,
             "total": (enc + fwd_bwd) / G}
 
 
-def measured_model_mismatch(data: dict, cfg) -> str | None:
+def counted_model(cfg) -> dict:
+    """The model counted, in the keys latency.py and train_throughput.py write into their JSON."""
+    c = config.to_container(cfg)["codec"]
+    return {"preset": cfg.model.preset, "codec": f"{c['kind']} f{c['factor']}x{c['channels']}",
+            "codec_layers_per_block": c["layers_per_block"]}
+
+
+def measured_model_mismatch(data: dict, counted: dict) -> str | None:
     """Why a latency / throughput JSON is not a run of the model counted here (preset, codec, codec layout), or
     None. JSONs written before the layout was recorded are taken at their word for it."""
-    c = cfg.codec
-    counted = {"preset": cfg.model.preset, "codec": f"{c.kind} f{c.factor}x{c.channels}",
-               "codec_layers_per_block": c.layers_per_block if isinstance(c.layers_per_block, int)
-               else list(c.layers_per_block)}
     for key, value in counted.items():
         if key in data and data[key] != value:
             return f"measured with {key}={data[key]}, counting {value}: pass the run's settings as overrides"
@@ -173,9 +175,8 @@ def fusion_table(counts: list[dict], steps: list[int], peak: float, targets_ms: 
     return rows
 
 
-def compare_latency(path: Path, counts: dict[tuple[str, int], dict], peak: float) -> list[dict]:
-    """TFLOP/s and fraction of peak that each part of a measured latency row reached."""
-    data = json.loads(path.read_text())
+def compare_latency(data: dict, counts: dict[tuple[str, int], dict], peak: float) -> list[dict]:
+    """TFLOP/s and fraction of peak that each part of a measured latency row (latency.py's JSON) reached."""
     shifts = data.get("patch_shifts", 1) or 1
     out = []
     for r in data["results"]:
@@ -215,19 +216,22 @@ def main(argv=None) -> int:
 
     files = args.config or [str(REPO / "experiments/base.yaml"), str(REPO / "experiments/scale/gpu.yaml")]
     cfg = config.load(files, list(args.overrides) + ([f"model.preset={args.preset}"] if args.preset else []))
+    model = counted_model(cfg)
+    measured = {}  # path -> the JSON of a measured run, read once
     for path in (args.latency, args.throughput):
         if path is None:
             continue
         if not path.is_file():
             p.error(f"{path}: no such file")
-        mismatch = measured_model_mismatch(json.loads(path.read_text()), cfg)
+        measured[path] = json.loads(path.read_text())
+        mismatch = measured_model_mismatch(measured[path], model)
         if mismatch:
             p.error(f"{path}: {mismatch}")
-        if "codec_layers_per_block" not in json.loads(path.read_text()):
+        if "codec_layers_per_block" not in measured[path]:
             print(f"note: {path} does not record its codec layout; it is taken to be the counted one")
     counts = {(v, s): count_fusion(cfg, v, s) for v in args.variant for s in args.size}
     peak = args.peak_tflops
-    print(f"preset {cfg.model.preset}, codec {cfg.codec.kind} f{cfg.codec.factor}x{cfg.codec.channels}; "
+    print(f"preset {model['preset']}, codec {model['codec']}; "
           f"GFLOP (matmuls, convolutions, attention); times at a peak of {peak:g} TFLOP/s")
     for c in counts.values():
         h, w = c["latent"]
@@ -244,17 +248,17 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['variant']:<11}{r['size']:>6}{r['steps']:>6}{r['gflop']:>10,.0f}{r['ms_at_peak']:>12.2f}"
               + "".join(f"{r['peak_fraction_for_ms'][ms]:>18.1%}" for ms in args.target_ms))
-    result = {"preset": cfg.model.preset, "codec": f"{cfg.codec.kind} f{cfg.codec.factor}x{cfg.codec.channels}",
-              "peak_tflops": peak, "counts": list(counts.values()), "fusion": rows}
+    result = {"preset": model["preset"], "codec": model["codec"], "peak_tflops": peak, "counts": list(counts.values()),
+              "fusion": rows}
 
     if args.latency:
-        measured = compare_latency(args.latency, counts, peak)
+        rated = compare_latency(measured[args.latency], counts, peak)
         print(f"\nmeasured ({args.latency}): TFLOP/s reached (fraction of peak)")
-        for r in measured:
+        for r in rated:
             parts = "  ".join(f"{k} {r[k + '_tflops']} ({r[k + '_peak_fraction']:.1%})"
                               for k in ("encode", "dit", "decode", "total") if r[k + "_tflops"] is not None)
             print(f"  {r['variant']:<11}{r['size']:>6}{r['steps']:>4}  {parts}")
-        result["latency"] = measured
+        result["latency"] = rated
 
     if args.train or args.throughput:
         crop = args.crop or int(cfg.data.crop)
@@ -266,10 +270,10 @@ def main(argv=None) -> int:
             t["peak_fraction_for_target"] = round(args.target_images_per_s * t["total"] / 1e3 / peak, 3)
             print(f"  {args.target_images_per_s:g} images/s needs {t['peak_fraction_for_target']:.1%} of peak")
         if args.throughput:
-            measured = json.loads(args.throughput.read_text())
-            rates = dict(measured["images_per_s"])
+            run = measured[args.throughput]
+            rates = dict(run["images_per_s"])
             per = {"train": t["total"], "dit": t["dit_forward_backward"], "codec": t["encode"]}
-            for name, r in measured.get("codec_fast_paths_images_per_s", {}).items():  # the encodes side by side
+            for name, r in run.get("codec_fast_paths_images_per_s", {}).items():  # the encodes side by side
                 rates[f"codec {name}"], per[f"codec {name}"] = r, t["encode"]
             t["measured"] = {k: {"images_per_s": rates[k], "tflops": round(rates[k] * g / 1e3, 1),
                                  "peak_fraction": round(rates[k] * g / 1e3 / peak, 3)}

@@ -12,9 +12,13 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 
+def launch(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=600)
+
+
 def run(script: str, *args: str) -> str:
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True,
-                         text=True, cwd=REPO, timeout=600)
+    res = launch(script, *args)
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stdout
 
@@ -48,8 +52,7 @@ def test_train_throughput_names_the_limit(tmp_path):
 
 
 def test_train_throughput_refuses_the_bf16_codec_on_the_cpu():
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--device", "cpu",
-                          "--codec-bf16"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    res = launch("train_throughput.py", "--device", "cpu", "--codec-bf16")
     assert res.returncode == 2 and "--codec-bf16 runs the codec under bf16 autocast on a GPU" in res.stderr
 
 
@@ -124,9 +127,7 @@ def test_flops_splits_the_dit_and_rates_a_measured_run(tmp_path):
     # a run of another codec layout is refused: its time would be rated against the wrong work
     latency["codec_layers_per_block"] = [0, 3, 3, 3]
     (tmp_path / "latency.json").write_text(json.dumps(latency))
-    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "flops.py"), *cfg_files, "--size", "64",
-                          "--latency", str(tmp_path / "latency.json")], capture_output=True, text=True, cwd=REPO,
-                         timeout=300)
+    res = launch("flops.py", *cfg_files, "--size", "64", "--latency", str(tmp_path / "latency.json"))
     assert res.returncode == 2 and "measured with codec_layers_per_block=[0, 3, 3, 3], counting 1" in res.stderr
 
 
@@ -137,7 +138,7 @@ def test_flops_counts_a_depthwise_convolutions_backward_as_two_forwards():
 
     conv = torch.nn.Conv2d(64, 64, 3, padding=1, groups=64)
     x = torch.randn(2, 64, 16, 16, requires_grad=True)
-    forward, _ = flops_by_module(lambda: conv(x))
+    _, forward, _ = flops_by_module(lambda: conv(x))
     out = conv(x)
-    both, _ = flops_by_module(lambda: out.sum().backward())
+    _, both, _ = flops_by_module(lambda: out.sum().backward())
     assert forward == 2 * 2 * 16 * 16 * 64 * 9 and both == 2 * forward
