@@ -191,11 +191,10 @@ def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs
         from ..fuse import compile_blocks
 
         compile_blocks(module.dit, backend=compile_backend, mode=compile_mode)
-    module.codec_bf16 = codec_bf16
-    if channels_last and getattr(codec, "ae", None) is not None:
-        import torch
+    if channels_last or codec_bf16:  # the codec paths of inference; with only these, accelerate leaves the DiTs alone
+        from ..fuse import accelerate
 
-        codec.ae.to(memory_format=torch.channels_last)
+        accelerate(module, channels_last=channels_last, codec_bf16=codec_bf16)
     logger = TensorBoardLogger(save_dir=tc.out_dir, name=tc.name, version="", default_hp_metric=False)
     ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
                               every_n_train_steps=tc.val_every, save_last=True, save_top_k=1)
