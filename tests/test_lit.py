@@ -141,6 +141,14 @@ def weights(module):
     return {k: v.clone() for k, v in module.state_dict().items()}
 
 
+def assert_same_weights(actual, expected):
+    """The two modules' state dicts: the same keys, every tensor equal up to assert_close's float tolerance."""
+    wa, we = weights(actual), weights(expected)
+    assert we.keys() == wa.keys()
+    for k in we:
+        torch.testing.assert_close(wa[k], we[k], msg=k)
+
+
 def test_train_resume_checkpoint_and_refusals(tmp_path, codec, text):
     # a variant's steps_factor multiplies the scale's max_steps: 2 x 2 = the 4 steps the resumed run reaches below
     over = ["train.variant=flow", "train.max_steps=2", "train.steps_factor=2", "train.name=full"]
@@ -164,10 +172,7 @@ def test_train_resume_checkpoint_and_refusals(tmp_path, codec, text):
     resumed, trainer, _ = run_training(cfg, resume="last", datamodule=TinyDM(),
                                        trainer_kwargs={**QUIET, "max_steps": 4}, log=lambda *_: None)
     assert trainer.global_step == 4
-    wf, wr = weights(full), weights(resumed)
-    assert wf.keys() == wr.keys()
-    for k in wf:
-        torch.testing.assert_close(wr[k], wf[k], msg=k)
+    assert_same_weights(resumed, full)
 
     # inference round trip: plain-data load, same outputs; another codec is refused
     ckpt = run / "checkpoints" / "last.ckpt"
@@ -213,10 +218,7 @@ def test_compiled_training_matches_plain_training_and_keeps_the_checkpoint_keys(
     assert all(block._compiled_call_impl is not None for block in compiled.dit.blocks)
     # block 0 (no value residual), block 1 (mixes block 0's values) and the final layer: forward and backward each
     assert graphs["forward"] >= 3 and graphs["backward"] >= 3, graphs
-    wp, wc = weights(plain), weights(compiled)
-    assert wp.keys() == wc.keys()
-    for k in wp:
-        torch.testing.assert_close(wc[k], wp[k], msg=k)
+    assert_same_weights(compiled, plain)
     assert json.loads((run / "train_summary.json").read_text())["compile"] == "default"
     loaded = load_module(run / "checkpoints" / "last.ckpt", text=text)
     assert loaded.dit.blocks[0]._compiled_call_impl is None
@@ -242,10 +244,7 @@ def test_training_codec_switches_keep_the_weights_and_refuse_bf16_off_the_gpu(tm
                                 trainer_kwargs=QUIET, log=lambda *_: None, channels_last=True)
     convs = [m.weight for m in fast.codec.ae.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
-    wp, wf = weights(plain), weights(fast)
-    assert wp.keys() == wf.keys()
-    for k in wp:
-        torch.testing.assert_close(wf[k], wp[k], msg=k)
+    assert_same_weights(fast, plain)
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["channels_last"] is True and "codec_bf16" not in summary and "compile" not in summary
 
