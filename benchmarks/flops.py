@@ -22,6 +22,8 @@ training image (the codec encodes a, b and the target; the DiT runs forward and 
 
 The MoE line also gives the FLOPs of routed experts whose combine weight is zero: dispatch is dense (every
 routed expert runs on every token), so (experts - top_k) / experts of the routed work multiplies zeros.
+`--sparse-moe` counts the fusions of `mmaif fuse --sparse-moe` instead, which compute each token's top-k
+experts and the shared one only (grouped GEMMs); the training image is counted as trained, dense.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from latency import PROMPT, build  # noqa: E402
 
 from mmaif_pl import config  # noqa: E402
+from mmaif_pl.fused_blocks import GroupedLinear, fuse_blocks  # noqa: E402
 from mmaif_pl.models.layers import MoESwiGLU  # noqa: E402
 
 G = 1e9
@@ -56,9 +59,15 @@ def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _paddin
     return conv_flop_count(x_shape, w_shape, grad_out_shape, transposed) * (int(output_mask[0]) + int(output_mask[1]))
 
 
+def grouped_mm_flop(a_shape, b_shape, *_args, out_shape=None, **kwargs) -> int:
+    """torch._grouped_mm (M x K rows, G x K x N weights): each row meets one group's K x N matrix, whatever the
+    split. FlopCounterMode has no formula for it and would count 0."""
+    return 2 * a_shape[0] * a_shape[1] * b_shape[-1]
+
+
 def flops_by_module(fn) -> tuple[object, int, dict[str, int]]:
     """fn's result, its FLOPs, and its FLOPs per enclosing module."""
-    formulas = {torch.ops.aten.convolution_backward: conv_backward_flop}
+    formulas = {torch.ops.aten.convolution_backward: conv_backward_flop, torch.ops.aten._grouped_mm: grouped_mm_flop}
     with FlopCounterMode(display=False, custom_mapping=formulas) as counter:
         out = fn()
     per_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
@@ -84,6 +93,8 @@ def split_dit(total: int, per_module: dict[str, int]) -> dict[str, int]:
             parts["MoE shared expert"] += n
         elif child == "ffn" and sub == "mlp" and leaf is None:  # model.moe=false: one dense SwiGLU
             parts["MoE experts"] += n
+        elif child == "ffn" and sub in ("w13", "w2") and leaf is None:  # rewritten (--sparse-moe): shared included
+            parts["MoE experts"] += n
         elif child == "naf" and sub is None:
             parts["NAFBlock"] += n
         elif child == "mod" and sub is None:
@@ -108,11 +119,17 @@ def on_meta(cfg, variant: str):
     return module, cond
 
 
-def count_fusion(cfg, variant: str, size: int) -> dict:
-    """GFLOP of encode (both sources), one DiT forward (by part) and decode at size x size, on meta tensors."""
+def count_fusion(cfg, variant: str, size: int, sparse_moe: bool = False) -> dict:
+    """GFLOP of encode (both sources), one DiT forward (by part) and decode at size x size, on meta tensors;
+    `sparse_moe`: the DiT as `mmaif fuse --sparse-moe` rewrites it."""
     module, cond = on_meta(cfg, variant)
     pair = torch.zeros(2, 3, size, size, device="meta")
     dit = module.ema
+    if sparse_moe:
+        fuse_blocks(dit, sparse_moe=True)
+        for m in dit.modules():  # the grouped GEMM's meta function, like its CUDA kernel, takes bf16 only
+            if isinstance(m, GroupedLinear):
+                m.to(torch.bfloat16)
     with torch.no_grad():
         z, enc, _ = flops_by_module(lambda: module.codec.encode(pair))
         x = torch.zeros(1, dit.latent_channels * dit.n_inputs, *z.shape[-2:], device="meta")
@@ -143,11 +160,11 @@ def count_training_image(cfg, crop: int) -> dict:
             "total": (enc + fwd_bwd) / G}
 
 
-def counted_model(cfg) -> dict:
+def counted_model(cfg, sparse_moe: bool = False) -> dict:
     """The model counted, in the keys latency.py and train_throughput.py write into their JSON."""
     c = config.to_container(cfg)["codec"]
     return {"preset": cfg.model.preset, "codec": f"{c['kind']} f{c['factor']}x{c['channels']}",
-            "codec_layers_per_block": c["layers_per_block"]}
+            "codec_layers_per_block": c["layers_per_block"], "sparse_moe": sparse_moe}
 
 
 def measured_model_mismatch(data: dict, counted: dict) -> str | None:
@@ -155,7 +172,7 @@ def measured_model_mismatch(data: dict, counted: dict) -> str | None:
     None. JSONs written before the layout was recorded are taken at their word for it."""
     for key, value in counted.items():
         if key in data and data[key] != value:
-            return f"measured with {key}={data[key]}, counting {value}: pass the run's settings as overrides"
+            return f"measured with {key}={data[key]}, counting {value}: pass the run's settings (overrides, flags)"
     return None
 
 
@@ -206,6 +223,7 @@ def main(argv=None) -> int:
     p.add_argument("--target-ms", type=float, nargs="*", default=[],
                    help="latency targets: the fraction of peak each requires (a column per target)")
     p.add_argument("--latency", type=Path, help="a latency.py JSON: TFLOP/s each part reached")
+    p.add_argument("--sparse-moe", action="store_true", help="count the fusions of mmaif fuse --sparse-moe")
     p.add_argument("--train", action="store_true", help="also count one training image")
     p.add_argument("--crop", type=int, help="training crop (default: data.crop)")
     p.add_argument("--throughput", type=Path, help="a train_throughput.py JSON: TFLOP/s of its images/s")
@@ -216,7 +234,7 @@ def main(argv=None) -> int:
 
     files = args.config or [str(REPO / "experiments/base.yaml"), str(REPO / "experiments/scale/gpu.yaml")]
     cfg = config.load(files, list(args.overrides) + ([f"model.preset={args.preset}"] if args.preset else []))
-    model = counted_model(cfg)
+    model = counted_model(cfg, args.sparse_moe)
     measured = {}  # path -> the JSON of a measured run, read once
     for path in (args.latency, args.throughput):
         if path is None:
@@ -229,9 +247,9 @@ def main(argv=None) -> int:
             p.error(f"{path}: {mismatch}")
         if "codec_layers_per_block" not in measured[path]:
             print(f"note: {path} does not record its codec layout; it is taken to be the counted one")
-    counts = {(v, s): count_fusion(cfg, v, s) for v in args.variant for s in args.size}
+    counts = {(v, s): count_fusion(cfg, v, s, args.sparse_moe) for v in args.variant for s in args.size}
     peak = args.peak_tflops
-    print(f"preset {model['preset']}, codec {model['codec']}; "
+    print(f"preset {model['preset']}, codec {model['codec']}{', sparse MoE' if args.sparse_moe else ''}; "
           f"GFLOP (matmuls, convolutions, attention); times at a peak of {peak:g} TFLOP/s")
     for c in counts.values():
         h, w = c["latent"]
@@ -241,6 +259,8 @@ def main(argv=None) -> int:
             extra = ""
             if part == "MoE experts" and c["zero_weight_fraction"]:
                 extra = f"  ({c['zero_weight_fraction'] * g:,.0f} on experts whose combine weight is zero)"
+            elif part == "MoE experts" and args.sparse_moe:
+                extra = "  (each token's top-k experts and the shared one)"
             print(f"  DiT {part:<32} {g:>9,.0f}  {g / c['dit']:6.1%}{extra}")
     rows = fusion_table(list(counts.values()), args.steps, peak, args.target_ms)
     print(f"\n{'variant':<11}{'size':>6}{'steps':>6}{'GFLOP':>10}{'ms at peak':>12}"

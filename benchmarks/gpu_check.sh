@@ -12,7 +12,7 @@
 #   bash benchmarks/gpu_prepare.sh                 # here, once: missing wheels + MiniLM tokenizer -> .gpu_assets/
 #   device run: command "bash benchmarks/gpu_check.sh", carry [".gpu_assets"], timeout_s 600
 #   a subset: "ONLY='tests graphs throughput' DEADLINE=200 bash benchmarks/gpu_check.sh"
-#   (steps, in order: tests graphs taesd unfused profile compile throughput data trainc eager big codec kl)
+#   (steps, in order: tests graphs sparse taesd unfused profile compile throughput data trainc eager big codec kl)
 # Results in $OUT (or the folder given as $1; default gpu_check/): log.txt, latency_graphs.json, throughput.json,
 # latency.json, latency_4096.json, codec_psnr.json, latency_compiled.json (7 files, all small; the device tool
 # returns 8 at most; a latency JSON of a step stopped at its limit holds the rows it finished).
@@ -85,6 +85,11 @@ step tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tes
 #    with graphs and channels-last only) ------------------------------------------------------------------------
 step graphs 90 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${G[@]}" --no-baseline \
   --json "$OUT/latency_graphs.json" "${TEXT[@]}"
+
+# -- the same at 1024 px with the sparse MoE (mmaif fuse --sparse-moe: the top-k experts and the shared one only, in
+#    bf16 grouped GEMMs; 15% fewer DiT FLOPs, about 110 more kernels per forward); log only
+step sparse 45 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${G[@]}" --sparse-moe --size $S1 --steps 4 \
+  --no-baseline "${TEXT[@]}"
 
 # -- the 1024 px row with TAESD's layout (one block at full resolution, which the preset drops): the codec's
 #    encode and decode times with and without it, in the same lease; log only

@@ -110,6 +110,8 @@ def main(argv=None) -> int:
                    help="Linear/Conv2d weights stored in bf16 (mmaif fuse --bf16-weights): autocast's casts of them go")
     p.add_argument("--fused-blocks", action="store_true",
                    help="the sampling rewrite of mmaif fuse --fused-blocks (mmaif_pl/fused_blocks.py)")
+    p.add_argument("--sparse-moe", action="store_true",
+                   help="the rewrite with only the routed experts computed (mmaif fuse --sparse-moe)")
     p.add_argument("--train", action="store_true",
                    help="one training step instead, per phase (forward, backward, clip, AdamW, EMA)")
     p.add_argument("--top", type=int, default=10)
@@ -119,7 +121,8 @@ def main(argv=None) -> int:
     spec = DiTSpec.from_config(cfg.model)
     print(f"preset {args.preset} ({spec.hidden} x {spec.depth}, {spec.heads} heads), {args.grid} x {args.grid} "
           f"latent, {'float32' if args.no_autocast else 'bf16 autocast'}{', bf16 weights' if args.bf16_weights else ''}"
-          f"{', fused blocks' if args.fused_blocks else ''}")
+          f"{', fused blocks' if args.fused_blocks or args.sparse_moe else ''}"
+          f"{', sparse MoE' if args.sparse_moe else ''}")
     if args.train:
         dit = FusionDiT(cfg.codec.channels, 2, 384, spec, timestep=False).train()
         phases = count_training_step(dit, 2, args.grid, 384, not args.no_autocast)
@@ -135,8 +138,8 @@ def main(argv=None) -> int:
         return 0
     for variant, inputs, timestep in (("regression", 2, False), ("flow", 3, True)):
         dit = FusionDiT(cfg.codec.channels, inputs, 384, spec, timestep=timestep).eval().requires_grad_(False)
-        if args.fused_blocks:  # before storing weights in bf16, as mmaif_pl.fuse.accelerate does
-            fuse_blocks(dit)
+        if args.fused_blocks or args.sparse_moe:  # before storing weights in bf16, as mmaif_pl.fuse.accelerate does
+            fuse_blocks(dit, sparse_moe=args.sparse_moe)
         if args.bf16_weights:
             store_matmul_weights(dit)
         ops = count(dit, inputs, args.grid, 384, not args.no_autocast)

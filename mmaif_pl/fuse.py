@@ -80,8 +80,10 @@ def store_matmul_weights(module: torch.nn.Module, dtype: torch.dtype = torch.bfl
     every call (one kernel each: 490 of the 1 882 kernels of a B forward, benchmarks/kernel_count.py), and
     every other parameter stays float32. Without that autocast the layers would get float32 inputs: only
     for inference under it."""
+    from .fused_blocks import GroupedLinear  # the stacked experts of `--sparse-moe`: Linear layers too
+
     for m in module.modules():
-        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, GroupedLinear)):
             m.to(dtype)
 
 
@@ -96,14 +98,15 @@ def compile_blocks(dit: torch.nn.Module, backend: str = "inductor", mode: Option
 
 def accelerate(module, compile_mode: Optional[str] = None, backend: str = "inductor",
                channels_last: bool = False, codec_bf16: bool = False, cuda_graphs: bool = False,
-               bf16_weights: bool = False, fused_blocks: bool = False):
+               bf16_weights: bool = False, fused_blocks: bool = False, sparse_moe: bool = False):
     """Opt-in inference fast paths that keep the module's behaviour (state_dict keys, outputs up to float
     rounding): `torch.compile` of the sampling denoiser (the EMA DiT) and of a learned codec's encoder and
     decoder (in place, `nn.Module.compile`; `compile_mode` e.g. "default", "max-autotune"), CUDA graphs of
     the denoiser and codec (`cuda_graphs`: one capture per image size, of the eager or the compiled code),
     bf16 storage of the denoiser's matmul weights (`bf16_weights`: bit-exact under bf16 autocast, which the
     caller must run it under; see `store_matmul_weights`), the denoiser rewritten into fewer kernels
-    (`fused_blocks`: mmaif_pl/fused_blocks.py, the same function up to float rounding), channels-last memory
+    (`fused_blocks`: mmaif_pl/fused_blocks.py, the same function up to float rounding; `sparse_moe`: the same
+    rewrite with only the routed experts computed, implies `fused_blocks`), channels-last memory
     for the codec's convolutions, and bf16 autocast for a learned codec on GPU. All are off by default; each
     pays on GPU, none pays for the CPU preset (measured in docs/speed.md)."""
     if cuda_graphs:
@@ -114,10 +117,10 @@ def accelerate(module, compile_mode: Optional[str] = None, backend: str = "induc
     ae = getattr(module.codec, "ae", None)
     if channels_last and ae is not None:
         ae.to(memory_format=torch.channels_last)
-    if fused_blocks:  # first: the rewrite makes new Linear layers, which the steps below then treat
+    if fused_blocks or sparse_moe:  # first: the rewrite makes new Linear layers, which the steps below then treat
         from .fused_blocks import fuse_blocks
 
-        fuse_blocks(module.ema)
+        fuse_blocks(module.ema, sparse_moe=sparse_moe)
     if bf16_weights:  # before compiling or capturing, which would bake in the casts of float32 weights
         store_matmul_weights(module.ema)
     if compile_mode:
@@ -150,21 +153,28 @@ class Fuser:
     `checkpoint` may also be a FusionModule already in memory (tests, benchmarks). It is used, not copied:
     the Fuser moves it to the device, puts it in eval mode, sets its `patch_shifts`, and the fast paths
     change its EMA DiT and codec in place (pass a deep copy to keep the original). `compile` (a torch.compile
-    mode, e.g. "default"), `cuda_graphs`, `bf16_weights`, `fused_blocks`, `channels_last` and `codec_bf16`
-    switch on the fast paths of `accelerate`."""
+    mode, e.g. "default"), `cuda_graphs`, `bf16_weights`, `fused_blocks`, `sparse_moe`, `channels_last` and
+    `codec_bf16` switch on the fast paths of `accelerate`."""
 
     def __init__(self, checkpoint, device: str = "auto", steps: Optional[int] = None,
                  tile: int = 512, overlap: int = 64, color: str = "model", seed: int = 0,
                  codec_path: Optional[str] = None, bf16: Optional[bool] = None,
                  compile: Optional[str] = None, channels_last: bool = False, time_shift: Optional[float] = None,
                  patch_shifts: int = 1, cuda_graphs: bool = False, bf16_weights: bool = False,
-                 fused_blocks: bool = False, codec_bf16: bool = False):
+                 fused_blocks: bool = False, sparse_moe: bool = False, codec_bf16: bool = False):
         from .lit.fusion import FusionModule, load_module
         from .models.dit import ensemble_shifts
 
         if color not in COLOR_POLICIES:
             raise UserError(f"unknown colour policy '{color}'; valid: {', '.join(COLOR_POLICIES)}")
         self.device = resolve_device(device)
+        self.bf16 = (self.device.type == "cuda") if bf16 is None else bf16
+        if bf16_weights and not self.bf16:
+            raise UserError("bf16 weights need the DiT under bf16 autocast (the GPU default; bf16=True on a CPU)")
+        if sparse_moe and self.device.type == "cuda" and not self.bf16:
+            raise UserError("--sparse-moe on a GPU needs the DiT under bf16 autocast: CUDA's grouped GEMM is bf16 only")
+        if codec_bf16 and self.device.type != "cuda":
+            raise UserError(f"--codec-bf16 runs the codec under bf16 autocast on a GPU; the device is {self.device}")
         module = checkpoint if isinstance(checkpoint, FusionModule) else load_module(checkpoint, codec_path=codec_path)
         self.module = module.eval().to(self.device)
         try:
@@ -172,14 +182,10 @@ class Fuser:
         except ValueError as exc:
             raise UserError(f"--patch-shifts: {exc}") from None
         self.module.patch_shifts = patch_shifts
-        self.bf16 = (self.device.type == "cuda") if bf16 is None else bf16
-        if bf16_weights and not self.bf16:
-            raise UserError("bf16 weights need the DiT under bf16 autocast (the GPU default; bf16=True on a CPU)")
-        if codec_bf16 and self.device.type != "cuda":
-            raise UserError(f"--codec-bf16 runs the codec under bf16 autocast on a GPU; the device is {self.device}")
-        if compile or channels_last or cuda_graphs or bf16_weights or fused_blocks or codec_bf16:
+        if compile or channels_last or cuda_graphs or bf16_weights or fused_blocks or sparse_moe or codec_bf16:
             accelerate(self.module, compile, channels_last=channels_last, cuda_graphs=cuda_graphs,
-                       bf16_weights=bf16_weights, fused_blocks=fused_blocks, codec_bf16=codec_bf16)
+                       bf16_weights=bf16_weights, fused_blocks=fused_blocks, sparse_moe=sparse_moe,
+                       codec_bf16=codec_bf16)
         self.steps, self.tile, self.overlap, self.color, self.seed = steps, tile, overlap, color, seed
         self.time_shift = time_shift
         self.variant = self.module.variant
@@ -244,7 +250,8 @@ def cmd_fuse(args) -> int:
                   tile=args.tile, overlap=args.overlap,
                   color=args.color, seed=args.seed, codec_path=args.codec, compile=args.compile,
                   channels_last=args.channels_last, patch_shifts=args.patch_shifts, cuda_graphs=args.cuda_graphs,
-                  bf16_weights=args.bf16_weights, fused_blocks=args.fused_blocks, codec_bf16=args.codec_bf16)
+                  bf16_weights=args.bf16_weights, fused_blocks=args.fused_blocks, sparse_moe=args.sparse_moe,
+                  codec_bf16=args.codec_bf16)
     start = time.perf_counter()
     for i, (name, pa, pb, prompt, dest) in enumerate(jobs, 1):
         a, b = read_image(pa), read_image(pb)
@@ -299,6 +306,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fused-blocks", action="store_true", help="rewrite the DiT's MoE, attention and NAFBlocks "
                    "into fewer, larger kernels from the same weights (2.3x fewer per B forward; the same output "
                    "up to float rounding)")
+    p.add_argument("--sparse-moe", action="store_true", help="--fused-blocks with each token's MoE computed by "
+                   "its top-k experts and the shared one only, in grouped GEMMs, instead of all experts")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory for a learned codec (GPU)")
     p.add_argument("--codec-bf16", action="store_true", help="run the codec under bf16 autocast (GPU): on the GPU "
                    "preset's codec, 0.01-0.03 dB of reconstruction PSNR (docs/speed.md)")

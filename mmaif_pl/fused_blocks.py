@@ -8,6 +8,8 @@ rewrites, in place and from the same weights, the parts that launch most:
                 sum_e w_e (W2_e h_e + b2_e) = [W2_1 ... W2_K] [w_1 h_1; ...; w_K h_K] + sum_e w_e b2_e,
                 h_e = SiLU(W1_e x) * W3_e x
             two GEMMs instead of 2K, no T x E x D stack, and no balance loss (a training quantity).
+            `sparse_moe=True` instead computes only the experts a token is routed to (SparseMoE below):
+            k + 1 of the E + 1 experts' FLOPs, in two grouped GEMMs over the rows sorted by expert.
   RoPE      q and k rotated in one pass, the rotation of a pair (x1, x2) written as
                 (x1, x2) * (cos, cos) + (x2, x1) * (-sin, sin),
             its tables cached per token grid.
@@ -83,6 +85,81 @@ class FusedMoE(nn.Module):
         hidden = (hidden.unflatten(-1, (-1, self.width)) * mix.unsqueeze(-1).to(hidden.dtype)).flatten(1)
         out = torch.addmm(mix @ self.b2, hidden, self.w2.weight.t())
         return out.reshape(x.shape[:-1] + out.shape[-1:]), x.new_zeros(())
+
+
+class SparseMoE(nn.Module):
+    """MoESwiGLU computing each token's top-k experts and the shared one only, not all E with zero weights.
+
+    Each token t makes k (+1) rows, one per expert e it is routed to, with combine weight w_te (1 for the shared
+    expert). The rows are sorted by expert, so that expert e's rows are one contiguous run, and each run is
+    multiplied by its own expert's weights in one grouped GEMM (torch._grouped_mm, offsets on the device: no
+    host sync, so CUDA graphs and compile capture it):
+
+        y_te = w_te (W2_e (SiLU(W1_e x_t) * W3_e x_t) + b2_e),   out_t = sum_e y_te.
+
+    The number of rows, T (k + 1), does not depend on the routing, so every shape is static. Each expert's
+    hidden width is padded with zero units to a multiple of 8 (bf16 grouped GEMMs need 16-byte strides); a zero
+    unit contributes SiLU(0) * 0 = 0.
+    """
+
+    def __init__(self, moe: MoESwiGLU):
+        super().__init__()
+        self.router, self.top_k, self.routed = moe.router, moe.top_k, moe.experts_n
+        experts = [*moe.experts, *([moe.shared] if moe.shared is not None else [])]
+        pad = -experts[0].w2.in_features % 8
+        rows = (0, 0, 0, pad)  # F.pad of an out x in weight: pad its rows (a bias: its entries, (0, pad))
+        w1, w3 = zip(*(e.w13.weight.chunk(2) for e in experts))
+        b1, b3 = zip(*(e.w13.bias.chunk(2) for e in experts))
+        # [W1_e; W3_e] for each expert, so that one chunk(2) splits the gate from the value
+        self.w13 = GroupedLinear(torch.stack([torch.cat([F.pad(a, rows), F.pad(b, rows)]) for a, b in zip(w1, w3)]),
+                                 torch.stack([torch.cat([F.pad(a, (0, pad)), F.pad(b, (0, pad))])
+                                              for a, b in zip(b1, b3)]))
+        self.w2 = GroupedLinear(torch.stack([F.pad(e.w2.weight, (0, pad)) for e in experts]),
+                                torch.stack([e.w2.bias for e in experts]))
+        self.register_buffer("expert_ids", torch.arange(len(experts)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = x.reshape(-1, x.shape[-1])
+        probs = self.router(flat).float().softmax(-1)
+        weight, expert = probs.topk(self.top_k, dim=-1)  # T x k, renormalised as in MoESwiGLU.route
+        weight = weight / weight.sum(-1, keepdim=True)
+        if len(self.expert_ids) > self.routed:  # the shared expert: every token, weight 1
+            expert = F.pad(expert, (0, 1), value=self.routed)
+            weight = F.pad(weight, (0, 1), value=1.0)
+        slots = expert.shape[1]
+        group, order = expert.flatten().sort(stable=True)  # the rows grouped by expert; row r is token r // slots
+        ends = torch.searchsorted(group, self.expert_ids, right=True).to(torch.int32)  # where each run ends
+        gate, value = self.w13(flat.index_select(0, order // slots), ends, group).chunk(2, dim=-1)
+        out = self.w2(F.silu(gate) * value, ends, group)
+        out = out * weight.flatten()[order].unsqueeze(-1).to(out.dtype)
+        out = torch.empty_like(out).index_copy_(0, order, out).unflatten(0, (-1, slots)).sum(1)  # token order
+        return out.reshape(x.shape[:-1] + out.shape[-1:]), x.new_zeros(())
+
+
+class GroupedLinear(nn.Module):
+    """G Linear layers (weight G x out x in, bias G x out), layer g applied to the g-th run of rows: rows
+    ends[g-1]:ends[g]. One grouped GEMM; `group` names each row's layer, for its bias. Computes in autocast's
+    dtype where autocast is on, as nn.Linear does (autocast does not cast grouped GEMMs itself)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().contiguous(), requires_grad=False)
+        self.bias = nn.Parameter(bias.detach().contiguous(), requires_grad=False)
+
+    def forward(self, rows: torch.Tensor, ends: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        device = rows.device.type
+        autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)  # not on meta
+        dtype = torch.get_autocast_dtype(device) if autocast else self.weight.dtype
+        grouped_mm = torch._grouped_mm if dtype != torch.float32 else grouped_mm_float32
+        out = grouped_mm(rows.to(dtype), self.weight.to(dtype).transpose(1, 2), ends)
+        return out + self.bias.to(dtype)[group]
+
+
+@torch.compiler.disable
+def grouped_mm_float32(rows: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """torch._grouped_mm outside torch.compile: its float32 kernel (CPU) has no fake-tensor rule, as CUDA's
+    grouped GEMM is bf16 only, so dynamo cannot trace it and breaks the graph here instead."""
+    return torch._grouped_mm(rows, weight, ends)
 
 
 class PairRoPE(nn.Module):
@@ -174,8 +251,9 @@ class CachedBlockPE(nn.Module):
         return _cached(self.cache, (h, w, self.pe.table.device, self.pe.table.dtype), lambda: self.pe(h, w))
 
 
-def fuse_blocks(dit: FusionDiT) -> FusionDiT:
-    """Rewrite a trained, frozen FusionDiT in place for sampling (module docstring); returns it."""
+def fuse_blocks(dit: FusionDiT, sparse_moe: bool = False) -> FusionDiT:
+    """Rewrite a trained, frozen FusionDiT in place for sampling (module docstring); returns it. `sparse_moe`:
+    the MoE as SparseMoE (only the routed experts computed) instead of FusedMoE (all, zero-weighted)."""
     trainable = [name for name, p in dit.named_parameters() if p.requires_grad]
     if trainable:
         raise UserError(f"fuse_blocks rewrites a DiT for sampling, but {len(trainable)} of its parameters require "
@@ -190,5 +268,5 @@ def fuse_blocks(dit: FusionDiT) -> FusionDiT:
         if isinstance(block.attn, Attention):
             block.attn = FusedAttention(block.attn)
         if isinstance(block.ffn, MoESwiGLU):
-            block.ffn = FusedMoE(block.ffn)
+            block.ffn = SparseMoE(block.ffn) if sparse_moe else FusedMoE(block.ffn)
     return dit

@@ -25,10 +25,10 @@ def run(script: str, *args: str) -> str:
 
 def test_latency_writes_rows_and_profiles(tmp_path):
     out = run("latency.py", "--device", "cpu", "--size", "64", "160", "--tile", "128", "--variant", "regression",
-              "flow", "--steps", "2", "--repeats", "1", "--warmup", "0", "--fused-blocks", "--profile", "5",
+              "flow", "--steps", "2", "--repeats", "1", "--warmup", "0", "--sparse-moe", "--profile", "5",
               "--json", str(tmp_path / "latency.json"))
     data = json.loads((tmp_path / "latency.json").read_text())
-    assert data["fused_blocks"] is True and data["weights"].startswith("random")
+    assert data["fused_blocks"] is True and data["sparse_moe"] is True and data["weights"].startswith("random")
     rows = {(r["variant"], r["size"]): r for r in data["results"]}
     assert set(rows) == {("regression", 64), ("regression", 160), ("flow", 64), ("flow", 160)}
     assert rows[("regression", 160)]["tiles"] == 4 and rows[("regression", 64)]["tiles"] == 1  # 160 px: tiled
@@ -129,6 +129,26 @@ def test_flops_splits_the_dit_and_rates_a_measured_run(tmp_path):
     (tmp_path / "latency.json").write_text(json.dumps(latency))
     res = launch("flops.py", *cfg_files, "--size", "64", "--latency", str(tmp_path / "latency.json"))
     assert res.returncode == 2 and "measured with codec_layers_per_block=[0, 3, 3, 3], counting 1" in res.stderr
+
+
+def test_flops_counts_the_sparse_moe(tmp_path):
+    """`--sparse-moe`: the MoE costs its top-k experts and the shared one, each padded to a multiple of 8 hidden
+    units (CPU preset: 113 -> 120), instead of all experts; nothing else changes. A run measured with the
+    sparse MoE is refused when the dense one is counted."""
+    cfg_files = ["-c", "experiments/base.yaml", "-c", "experiments/scale/cpu.yaml", "--size", "64",
+                 "--variant", "regression"]
+    run("flops.py", *cfg_files, "--json", str(tmp_path / "dense.json"))
+    out = run("flops.py", *cfg_files, "--sparse-moe", "--json", str(tmp_path / "sparse.json"))
+    dense, sparse = (json.loads((tmp_path / f"{n}.json").read_text())["counts"][0] for n in ("dense", "sparse"))
+    moe = dense["dit_parts"]["MoE experts"] + dense["dit_parts"]["MoE shared expert"]
+    assert sparse["dit_parts"]["MoE experts"] == pytest.approx(moe * 3 / 5 * 120 / 113)
+    assert sparse["dit"] == pytest.approx(dense["dit"] - moe + sparse["dit_parts"]["MoE experts"])
+    assert sparse["encode"] == dense["encode"] and sparse["zero_weight_fraction"] == 0
+    assert "each token's top-k experts and the shared one" in out
+
+    (tmp_path / "latency.json").write_text(json.dumps({"sparse_moe": True, "results": []}))
+    res = launch("flops.py", *cfg_files, "--latency", str(tmp_path / "latency.json"))
+    assert res.returncode == 2 and "measured with sparse_moe=True, counting False" in res.stderr
 
 
 def test_flops_counts_a_depthwise_convolutions_backward_as_two_forwards():

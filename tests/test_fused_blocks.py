@@ -13,9 +13,9 @@ from conftest import randomize, shared_dataset, small_fusion_module, text_encode
 from mmaif_pl.config import load
 from mmaif_pl.errors import UserError
 from mmaif_pl.fuse import Fuser, store_matmul_weights
-from mmaif_pl.fused_blocks import FusedAttention, FusedMoE, PairRoPE, TokenNAFBlock, fuse_blocks
+from mmaif_pl.fused_blocks import FusedAttention, FusedMoE, PairRoPE, SparseMoE, TokenNAFBlock, fuse_blocks
 from mmaif_pl.models.dit import DiTSpec, FusionDiT
-from mmaif_pl.models.layers import DenseFFN
+from mmaif_pl.models.layers import DenseFFN, MoESwiGLU
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["model.hidden=64", "model.depth=3", "model.heads=2", "model.pe_grid=8"]
@@ -39,12 +39,13 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.float() - ref.float()).norm() / ref.float().norm())
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense_moe", "sparse_moe"])
 @pytest.mark.parametrize("inputs", [2, 3], ids=["regression", "flow"])
 @pytest.mark.parametrize("switches", list(SWITCHES), ids=list(SWITCHES))
-def test_rewrite_computes_the_same_function(switches, inputs):
+def test_rewrite_computes_the_same_function(switches, inputs, sparse):
     torch.manual_seed(0)
     dit = frozen_dit(SWITCHES[switches], inputs)
-    fused = fuse_blocks(copy.deepcopy(dit))
+    fused = fuse_blocks(copy.deepcopy(dit), sparse_moe=sparse)
     spec = dit.spec
     args = (torch.randn(2, 16 * inputs, 13, 10), torch.randn(2, 384),  # an odd grid: padded, not square
             torch.rand(2) if inputs == 3 else None)
@@ -61,7 +62,7 @@ def test_rewrite_computes_the_same_function(switches, inputs):
     assert relative_error(out_bf16, ref) < 2 * relative_error(ref_bf16, ref) + 1e-3
     blocks = list(fused.blocks)
     assert all(isinstance(b.attn, FusedAttention) for b in blocks)
-    assert all(isinstance(b.ffn, DenseFFN if not spec.moe else FusedMoE) for b in blocks)
+    assert all(isinstance(b.ffn, DenseFFN if not spec.moe else SparseMoE if sparse else FusedMoE) for b in blocks)
     assert all((b.naf is None) == (not spec.nafblock) and (b.naf is None or isinstance(b.naf, TokenNAFBlock))
                for b in blocks)
     assert isinstance(fused.rope, PairRoPE) if spec.rope else fused.rope is None
@@ -83,6 +84,45 @@ def test_rewrite_launches_fewer_kernels():
     kernels["fused_bf16"] = launches(count(fused, 2, 8, 384, True)).total()
     assert kernels["fused_fp32"] < 0.6 * kernels["fp32"], kernels  # measured: 663 of 1196
     assert kernels["fused_bf16"] < 0.45 * kernels["bf16"], kernels  # with bf16 weights: 810 of 1881
+    sparse = fuse_blocks(copy.deepcopy(dit), sparse_moe=True)
+    store_matmul_weights(sparse)
+    kernels["sparse_bf16"] = launches(count(sparse, 2, 8, 384, True)).total()
+    # the grouped dispatch's sort, gathers and scatter: 9 kernels more per block than the dense rewrite
+    assert kernels["fused_bf16"] < kernels["sparse_bf16"] < 0.5 * kernels["bf16"], kernels  # 918 of 1881
+
+
+@pytest.mark.parametrize("routing", ["random", "two_experts_empty"])
+def test_sparse_moe_is_the_moe(routing):
+    """SparseMoE against the MoESwiGLU it rewrites, on an expert width that needs padding (33 -> 40) and with
+    experts that get no token (empty groups in the grouped GEMM); its FLOPs are those of the top-k experts and
+    the shared one, padded."""
+    torch.manual_seed(0)
+    moe = MoESwiGLU(48, 100, experts=4, top_k=2).eval().requires_grad_(False)
+    randomize(moe)
+    x = torch.randn(2, 37, 48)
+    if routing == "two_experts_empty":  # one large feature the router reads as "experts 0 and 1"
+        x[..., 0] = 10.0
+        moe.router.weight[:, 0] = torch.tensor([5.0, 4.0, -5.0, -5.0])
+    sparse = SparseMoE(moe)
+    assert sparse.w2.weight.shape == (5, 48, 40) and sparse.w13.weight.shape == (5, 80, 48)
+    with torch.no_grad():
+        ref, balance = moe(x)
+        out, aux = sparse(x)
+        if routing == "two_experts_empty":
+            assert set(moe.route(x.reshape(-1, 48))[2].flatten().tolist()) == {0, 1}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref_bf16, out_bf16 = moe(x)[0], sparse(x)[0]
+    assert relative_error(out, ref) < 1e-6 and float(aux) == 0.0 and float(balance) > 0
+    assert out_bf16.dtype == ref_bf16.dtype == torch.bfloat16
+    assert relative_error(out_bf16, ref) < 2 * relative_error(ref_bf16, ref) + 1e-3
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from flops import flops_by_module
+
+    with torch.no_grad():
+        dense_flops = flops_by_module(lambda: moe(x))[1] - 2 * 74 * 48 * 4  # less the router
+        sparse_flops = flops_by_module(lambda: sparse(x))[1] - 2 * 74 * 48 * 4
+    assert sparse_flops == dense_flops * 3 / 5 * 40 / 33  # 3 of 5 experts per token, 40 hidden units for 33
 
 
 def test_rewrite_refuses_a_dit_being_trained():
@@ -101,8 +141,8 @@ def fusion_module(variant: str, overrides: tuple[str, ...] = ()):
 
 @pytest.mark.parametrize("variant", ["regression", "flow"])
 def test_fuser_with_fused_blocks_on_a_real_pair(variant):
-    """A RoadScene visible / infrared pair fused with and without the rewrite: the same image; the trained
-    DiT is left alone; bf16 weights stay bit-exact on top of the rewrite."""
+    """A RoadScene visible / infrared pair fused with and without the rewrite (dense and sparse MoE): the same
+    image; the trained DiT is left alone; bf16 weights stay bit-exact on top of the rewrite."""
     from mmaif_pl.data.io import read_image
 
     root = shared_dataset("vif/RoadScene")
@@ -117,10 +157,28 @@ def test_fuser_with_fused_blocks_on_a_real_pair(variant):
     bf16_weights = Fuser(fusion_module(variant), device="cpu", steps=2, tile=0, bf16=True, fused_blocks=True,
                          bf16_weights=True)(a, b)
     np.testing.assert_array_equal(bf16_weights, bf16)
+    m = fusion_module(variant)
+    sparse = Fuser(m, device="cpu", steps=2, tile=0, sparse_moe=True)(a, b, "Remove the noise.")
+    np.testing.assert_allclose(sparse, ref, atol=2e-5)
+    assert isinstance(m.ema.blocks[0].ffn, SparseMoE) and not isinstance(m.dit.blocks[0].ffn, SparseMoE)
+    sparse_bf16 = Fuser(fusion_module(variant), device="cpu", steps=2, tile=0, bf16=True, sparse_moe=True)(a, b)
+    sparse_bf16_weights = Fuser(fusion_module(variant), device="cpu", steps=2, tile=0, bf16=True, sparse_moe=True,
+                                bf16_weights=True)(a, b)
+    np.testing.assert_array_equal(sparse_bf16_weights, sparse_bf16)
+    assert np.abs(sparse_bf16 - bf16).max() < 0.02
+
+
+def test_sparse_moe_on_a_gpu_needs_bf16():
+    """CUDA's grouped GEMM is bf16 only: a float32 GPU Fuser is refused before the model is touched."""
+    m = fusion_module("regression")
+    with pytest.raises(UserError, match="--sparse-moe on a GPU needs the DiT under bf16 autocast"):
+        Fuser(m, device="cuda", bf16=False, sparse_moe=True)
+    assert m.device.type == "cpu" and isinstance(m.ema.blocks[0].ffn, MoESwiGLU)
 
 
 def test_fuse_command_with_fused_blocks(tmp_path):
-    """`mmaif fuse --fused-blocks` on a checkpoint and a real pair writes the image the plain command writes."""
+    """`mmaif fuse --fused-blocks` (and `--sparse-moe`) on a checkpoint and a real pair writes the image the plain
+    command writes."""
     from mmaif_pl.cli import main
     from mmaif_pl.data.io import read_image
 
@@ -132,11 +190,14 @@ def test_fuse_command_with_fused_blocks(tmp_path):
               "--a", str(root / "vi" / "FLIR_00977.jpg"), "--b", str(root / "ir" / "FLIR_00977.jpg"), "--device", "cpu"]
     assert main(common + ["--out", str(tmp_path / "plain.png")]) == 0
     assert main(common + ["--out", str(tmp_path / "fused.png"), "--fused-blocks"]) == 0
-    plain, fused = read_image(tmp_path / "plain.png"), read_image(tmp_path / "fused.png")
-    assert np.abs(fused - plain).max() <= 1 / 255 + 1e-6  # at most one 8-bit level, where rounding tips over
+    assert main(common + ["--out", str(tmp_path / "sparse.png"), "--sparse-moe"]) == 0
+    plain = read_image(tmp_path / "plain.png")
+    for name in ("fused", "sparse"):  # at most one 8-bit level, where rounding tips over
+        assert np.abs(read_image(tmp_path / f"{name}.png") - plain).max() <= 1 / 255 + 1e-6, name
 
 
-def test_rewrite_compiles_regionally():
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense_moe", "sparse_moe"])
+def test_rewrite_compiles_regionally(sparse):
     """`accelerate(fused_blocks=True, compile)`: dynamo traces the rewritten blocks and gives the rewritten
     model's output (the caches are bypassed while compiling). The blocks still share their graphs: three for
     five blocks (block 0 has no value residual, block 1 gets block 0's strided values) and one for the final
@@ -155,24 +216,51 @@ def test_rewrite_compiles_regionally():
 
     m = fusion_module("regression", ["model.depth=5"])
     a, b = torch.rand(2, 1, 3, 64, 48).unbind(0)
-    ref = m.fuse(a, b, ["Remove the haze."])
-    accelerate(m, "default", backend=counting_backend, fused_blocks=True)
-    assert all(block._compiled_call_impl is not None for block in m.ema.blocks)
-    torch.testing.assert_close(m.fuse(a, b, ["Remove the haze."]), ref, rtol=1e-4, atol=1e-5)
+    # the sparse MoE's grouped GEMM is traced in bf16 only (as CUDA runs it), so it is compiled under autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=sparse):
+        ref = accelerate(copy.deepcopy(m), fused_blocks=True, sparse_moe=sparse).fuse(a, b, ["Remove the haze."])
+        accelerate(m, "default", backend=counting_backend, fused_blocks=True, sparse_moe=sparse)
+        assert all(block._compiled_call_impl is not None for block in m.ema.blocks)
+        out = m.fuse(a, b, ["Remove the haze."])
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     assert len(graphs) == 4, [len(g.graph.nodes) for g in graphs]
 
 
+def test_sparse_moe_compiles_in_float32_around_its_grouped_gemm():
+    """In float32 (the CPU's), dynamo cannot trace the grouped GEMM (no fake-tensor rule): the graph breaks
+    around it, and the compiled model still gives the eager output."""
+    import torch._dynamo
+
+    from mmaif_pl.fuse import accelerate
+
+    torch._dynamo.reset()
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    m = fusion_module("regression", ["model.depth=2"])
+    a, b = torch.rand(2, 1, 3, 64, 48).unbind(0)
+    ref = m.fuse(a, b, ["Remove the haze."])
+    accelerate(m, "default", backend=counting_backend, sparse_moe=True)
+    torch.testing.assert_close(m.fuse(a, b, ["Remove the haze."]), ref, rtol=1e-4, atol=1e-5)
+    assert len(graphs) > 3
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense_moe", "sparse_moe"])
 @pytest.mark.parametrize("variant", ["regression", "flow"])
-def test_rewrite_under_cuda_graphs_and_bf16_weights(variant):
-    """The GPU fast paths together (the latency benchmark's): the same fused image as eager bf16."""
+def test_rewrite_under_cuda_graphs_and_bf16_weights(variant, sparse):
+    """The GPU fast paths together (the latency benchmark's): the same fused image as eager bf16. With the sparse
+    MoE, CUDA's bf16 grouped GEMM runs and is captured: its group offsets stay on the device."""
     from mmaif_pl.fuse import accelerate
 
     m = fusion_module(variant).cuda()
     a, b = torch.rand(2, 1, 3, 96, 64, device="cuda").unbind(0)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         ref = m.fuse(a, b, ["Remove the haze."], steps=3)
-        accelerate(m, cuda_graphs=True, bf16_weights=True, fused_blocks=True)
+        accelerate(m, cuda_graphs=True, bf16_weights=True, fused_blocks=True, sparse_moe=sparse)
         out = [m.fuse(a, b, ["Remove the haze."], steps=3) for _ in range(2)]
     torch.testing.assert_close(out[1], out[0], rtol=0, atol=0)
     torch.testing.assert_close(out[0], ref, rtol=1e-2, atol=1e-2)
