@@ -41,6 +41,31 @@ def test_cache_encodes_each_prompt_once(minilm, monkeypatch):
     assert calls == [["a new prompt for the cache test", "another one"]]
 
 
+def test_cache_holds_each_prompts_own_states(minilm):
+    """New prompts are encoded in one batch and cut per prompt on the host: each entry is the encoder's output
+    for that prompt alone (its real tokens only) and owns its memory (not a view keeping the batch alive)."""
+    prompts = ["Remove the heavy rain streaks from the visible image, please.", "Fuse.", "Dehaze it."]
+    minilm(prompts)
+    for p in prompts:
+        ids = minilm.tokenizer([p], return_tensors="pt")
+        alone = minilm.model(**ids).last_hidden_state[0]
+        entry = minilm._cache[p]
+        assert entry.shape == alone.shape and entry._base is None and entry.device.type == "cpu"
+        torch.testing.assert_close(entry, alone, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_text_encoder_on_the_gpu_matches_the_cpu():
+    """On a GPU the states come back in one copy and go out from pinned memory without a host sync: the same
+    embeddings as on the CPU."""
+    prompts = ["Remove the noise.", "The visible image is hazy and dark, please fix both."]
+    cpu = TextEncoder()(prompts)
+    gpu = TextEncoder().cuda()(prompts, device=torch.device("cuda"))
+    for c, g in zip(cpu, gpu):
+        assert g.device.type == "cuda"
+        torch.testing.assert_close(g.cpu(), c, rtol=1e-3, atol=1e-4)
+
+
 def test_truncation_at_max_length():
     enc = TextEncoder(max_length=8)
     _, tokens, mask = enc(["word " * 50])

@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..models.codec import LatentCodec, psnr
 from ..models.dit import DiTSpec, FusionDiT, ensemble_shifts, shift_ensemble
 from ..models.flow import LinearPath, LogitNormalTime, UniformTime, euler_sample
-from ..models.text import TextEncoder
+from ..models.text import TextEncoder, to_device_async
 from .callbacks import ema_decay, update_ema
 
 CKPT_FORMAT = 1
@@ -177,7 +177,11 @@ class FusionModule(L.LightningModule):
         out = self.compute_loss(batch, self._generator())
         bs = batch["a"].shape[0]
         self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=False, batch_size=bs)
-        self.log("loss", out["loss"].detach(), prog_bar=True, logger=False, batch_size=bs)
+        # The progress bar turns its value into a number at every step, which on a GPU waits for the step to
+        # finish. A host copy, made only at the steps whose logs Lightning writes (and so reads back anyway),
+        # keeps the loop from waiting at every step.
+        if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+            self.log("loss", out["loss"].detach().to("cpu", copy=True), prog_bar=True, logger=False, batch_size=bs)
         return out["loss"]
 
     def optimizer_step(self, *args, **kwargs):
@@ -330,7 +334,7 @@ class FlowFusion(FusionModule):
 
     def start(self, z_a, z_b, generator=None) -> torch.Tensor:
         """The t = 0 sample: prior + sigma e."""
-        e = torch.randn(z_a.shape, generator=generator).to(z_a)
+        e = to_device_async(torch.randn(z_a.shape, generator=generator), z_a.device).to(z_a)
         return source_prior(self.cfg, z_a, z_b) + self.cfg.model.get("prior_noise", 1.0) * e
 
     def velocity(self, z_t, t, z_a, z_b, cond, model=None):
@@ -343,7 +347,7 @@ class FlowFusion(FusionModule):
 
     def latent_loss(self, z_a, z_b, z_gt, cond, generator, model=None):
         noise = self.start(z_a, z_b, generator)
-        t = self.t_sampler(z_gt.shape[0], generator).to(z_gt)
+        t = to_device_async(self.t_sampler(z_gt.shape[0], generator), z_gt.device).to(z_gt)
         ps = self.path.sample(z_gt, noise, t)
         v, balance = self.velocity(ps.z_t, t, z_a, z_b, cond, model)
         # the same clamp as the prediction keeps the target consistent near t = 1 (= z_gt - noise below it)
