@@ -5,12 +5,14 @@
     python benchmarks/train_throughput.py --device cuda --preset B --workers 12 --json out.json
     python benchmarks/train_throughput.py --device cuda --codec-bf16 --channels-last   # mmaif train's codec switches
 
-Four measurements, each a median over timed steps after warm-up:
+Five measurements; the first four each a median over timed steps after warm-up:
   data     the DataModule's training loader (crop, flip, degrade both sources, target, prompt; N workers)
   codec    encoding the batch's three images (a, b, target) in one frozen-codec call
   dit      forward + backward + AdamW step + EMA update of the DiT on latents already on the device
   train    the real loop: loader batch -> device -> FusionModule.compute_loss (codec, text, DiT, loss)
            -> backward -> clip -> AdamW -> EMA, as Lightning's training_step/optimizer_step run it
+  trainer  `mmaif train` itself (lit.commands.run_training: Lightning's Trainer, its loader, logging,
+           progress bar), warm-up steps then timed steps in one run: what a training run gets
 The model sits on the device (codec + DiT run one after the other), so its ceiling is
 1 / (1/codec + 1/dit); the loader runs in parallel worker processes. The limit is the smaller of the
 loader's rate and that ceiling, and within the model the part that takes longer. Random weights (rates do
@@ -19,7 +21,7 @@ Without --root, a dataset of 320x320 photographs is written to a temporary folde
 pairs are too small for 256 crops). `--codec-bf16` and `--channels-last` set the codec as `mmaif train`'s
 switches of the same names do, for the codec and train measurements. JSON: {"device", "preset", "codec",
 "codec_layers_per_block", "batch", "crop", "workers", "codec_bf16", "channels_last", "images_per_s": {"data",
-"codec", "dit", "model", "train"}, "limit", "codec_fast_paths_images_per_s"}; the last (GPU, learned codec) times the encode in float32 NCHW, channels-last
+"codec", "dit", "model", "train", "trainer"}, "limit", "codec_fast_paths_images_per_s"}; the last (GPU, learned codec) times the encode in float32 NCHW, channels-last
 and channels-last bf16 side by side, whatever the switches.
 """
 from __future__ import annotations
@@ -51,6 +53,35 @@ def rate(fn, n_images: int, steps: int, warmup: int, sync) -> float:
         sync()
         times.append(time.perf_counter() - t0)
     return n_images / statistics.median(times)
+
+
+def trainer_rate(cfg, codec, out_dir: Path, steps: int, warmup: int, sync, **speed) -> float:
+    """Images/s of `mmaif train` (run_training) on `cfg` with `codec`, over the steps after `warmup`. Only the
+    run's validation-time callbacks (checkpoints, image grids, metrics JSON) are left out."""
+    import lightning as L
+
+    from mmaif_pl.lit.commands import run_training
+
+    class StepClock(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step == warmup:
+                sync()
+                self.start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == warmup + steps:
+                sync()
+                self.seconds = time.perf_counter() - self.start
+
+    codec.save(out_dir / "codec")
+    cfg = cfg.copy()
+    cfg.codec.path, cfg.train.out_dir = str(out_dir / "codec"), str(out_dir)
+    cfg.train.max_steps, cfg.train.val_every = warmup + steps, warmup + steps + 1  # no validation
+    clock = StepClock()
+    run_training(cfg, trainer_kwargs={"callbacks": [clock], "enable_checkpointing": False,
+                                                "enable_model_summary": False}, log=lambda *a: None,
+                 **speed)
+    return steps * int(cfg.data.batch_size) / clock.seconds
 
 
 def main(argv=None) -> int:
@@ -197,6 +228,11 @@ def main(argv=None) -> int:
         optimize(loss)
 
     train_rate = rate(train_step, bs, steps, warmup, sync)
+    print(f"  train {train_rate:.1f} images/s", flush=True)
+    del loader, batches, batch, images, z_a, z_b, z_gt  # the Trainer builds its own loader and model
+    run_rate = trainer_rate(cfg, module.codec, Path(tmp.name), steps, max(warmup, 1), sync,
+                            compile_mode="default" if args.compile else None, codec_bf16=args.codec_bf16,
+                            channels_last=args.channels_last)
 
     model_rate = 1 / (1 / codec_rate + 1 / dit_rate)
     if data_rate < model_rate:
@@ -205,12 +241,14 @@ def main(argv=None) -> int:
         part = "codec encoding" if 1 / codec_rate > 1 / dit_rate else "DiT step"
         share = max(1 / codec_rate, 1 / dit_rate) / (1 / codec_rate + 1 / dit_rate)
         limit = f"{part} ({share:.0%} of the model's time on the device)"
-    res = {"data": data_rate, "codec": codec_rate, "dit": dit_rate, "model": model_rate, "train": train_rate}
+    res = {"data": data_rate, "codec": codec_rate, "dit": dit_rate, "model": model_rate, "train": train_rate,
+           "trainer": run_rate}
     print("images/s: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()))
     if codec_options:
         print("codec encoding, images/s: "
               + ", ".join(f"{k} {v:.1f}" for k, v in codec_options.items()))
     print(f"training throughput {train_rate:.1f} images/s at {args.crop}x{args.crop}; limited by {limit}")
+    print(f"mmaif train (Lightning's loop): {run_rate:.1f} images/s")
     if args.json:
         write_json(Path(args.json), {
             "device": name, "preset": cfg.model.preset, "codec": f"{cfg.codec.kind} f{cfg.codec.factor}x{cfg.codec.channels}",

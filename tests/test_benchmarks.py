@@ -43,7 +43,8 @@ def test_train_throughput_names_the_limit(tmp_path):
               "--json", str(tmp_path / "t.json"))
     data = json.loads((tmp_path / "t.json").read_text())
     assert data["channels_last"] is True and data["codec_bf16"] is False
-    assert set(data["images_per_s"]) == {"data", "codec", "dit", "model", "train"}
+    assert set(data["images_per_s"]) == {"data", "codec", "dit", "model", "train", "trainer"}
+    assert re.search(r"mmaif train \(Lightning's loop\): [\d.]+ images/s", out)
     assert all(v > 0 for v in data["images_per_s"].values())
     assert data["batch"] == 2 and data["crop"] == 64 and data["limit"]
     printed = re.search(r"training throughput ([\d.]+) images/s", out)
