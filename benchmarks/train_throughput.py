@@ -175,7 +175,8 @@ def main(argv=None) -> int:
         return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     batch = to_dev(batches[0])
-    module.embed_text([p for b in batches for p in b["prompt"]])  # warm the prompt cache like a long run would
+    # the prefetched batches' prompts encoded once; the loops below meet new ones, as a run does for a long time
+    module.embed_text([p for b in batches for p in b["prompt"]])
 
     # -- codec -----------------------------------------------------------------------------------------
     images = torch.cat([batch["a"], batch["b"], batch["target"]])
