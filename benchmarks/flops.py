@@ -292,7 +292,7 @@ def main(argv=None) -> int:
         if args.throughput:
             run = measured[args.throughput]
             rates = dict(run["images_per_s"])
-            per = {"train": t["total"], "dit": t["dit_forward_backward"], "codec": t["encode"]}
+            per = {"train": t["total"], "trainer": t["total"], "dit": t["dit_forward_backward"], "codec": t["encode"]}
             for name, r in run.get("codec_fast_paths_images_per_s", {}).items():  # the encodes side by side
                 rates[f"codec {name}"], per[f"codec {name}"] = r, t["encode"]
             t["measured"] = {k: {"images_per_s": rates[k], "tflops": round(rates[k] * g / 1e3, 1),

@@ -113,8 +113,8 @@ step compile 240 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --co
   --no-baseline --json "$OUT/latency_compiled.json" "${TEXT[@]}"
 
 # -- training throughput of the B preset at 256 px, the codec as `mmaif train --codec-bf16 --channels-last` runs it
-#    (the float32 encode is timed beside it) ------------------------------------------------------------------
-step throughput 120 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --profile 25 \
+#    (the float32 encode is timed beside it), then `mmaif train` itself (Lightning's loop) -----------------------
+step throughput 150 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --profile 25 \
   --json "$OUT/throughput.json" "${TEXT[@]}"
 
 # -- one loader worker's rate with OpenCV on one thread, beside the loader's N-worker rate above: the loader's

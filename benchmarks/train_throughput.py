@@ -21,8 +21,9 @@ Without --root, a dataset of 320x320 photographs is written to a temporary folde
 pairs are too small for 256 crops). `--codec-bf16` and `--channels-last` set the codec as `mmaif train`'s
 switches of the same names do, for the codec and train measurements. JSON: {"device", "preset", "codec",
 "codec_layers_per_block", "batch", "crop", "workers", "codec_bf16", "channels_last", "images_per_s": {"data",
-"codec", "dit", "model", "train", "trainer"}, "limit", "codec_fast_paths_images_per_s"}; the last (GPU, learned codec) times the encode in float32 NCHW, channels-last
-and channels-last bf16 side by side, whatever the switches.
+"codec", "dit", "model", "train", "trainer"}, "limit", "codec_fast_paths_images_per_s"}, written before the
+Trainer's run and again after it (a run cut short in it keeps the rest). The last key (GPU, learned codec)
+times the encode in float32 NCHW, channels-last and channels-last bf16 side by side, whatever the switches.
 """
 from __future__ import annotations
 
@@ -230,10 +231,6 @@ def main(argv=None) -> int:
 
     train_rate = rate(train_step, bs, steps, warmup, sync)
     print(f"  train {train_rate:.1f} images/s", flush=True)
-    del loader, batches, batch, images, z_a, z_b, z_gt  # the Trainer builds its own loader and model
-    run_rate = trainer_rate(cfg, module.codec, Path(tmp.name), steps, max(warmup, 1), sync,
-                            compile_mode="default" if args.compile else None, codec_bf16=args.codec_bf16,
-                            channels_last=args.channels_last)
 
     model_rate = 1 / (1 / codec_rate + 1 / dit_rate)
     if data_rate < model_rate:
@@ -242,22 +239,32 @@ def main(argv=None) -> int:
         part = "codec encoding" if 1 / codec_rate > 1 / dit_rate else "DiT step"
         share = max(1 / codec_rate, 1 / dit_rate) / (1 / codec_rate + 1 / dit_rate)
         limit = f"{part} ({share:.0%} of the model's time on the device)"
-    res = {"data": data_rate, "codec": codec_rate, "dit": dit_rate, "model": model_rate, "train": train_rate,
-           "trainer": run_rate}
+    res = {"data": data_rate, "codec": codec_rate, "dit": dit_rate, "model": model_rate, "train": train_rate}
     print("images/s: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()))
     if codec_options:
         print("codec encoding, images/s: "
               + ", ".join(f"{k} {v:.1f}" for k, v in codec_options.items()))
     print(f"training throughput {train_rate:.1f} images/s at {args.crop}x{args.crop}; limited by {limit}")
-    print(f"mmaif train (Lightning's loop): {run_rate:.1f} images/s")
+
+    def save():  # after the hand-written parts and again after the Trainer's: a run cut short keeps the first
+        if args.json:
+            write_json(Path(args.json), {
+                "device": name, "preset": cfg.model.preset,
+                "codec": f"{cfg.codec.kind} f{cfg.codec.factor}x{cfg.codec.channels}",
+                "codec_layers_per_block": module.codec.layers_per_block,
+                "batch": bs, "crop": args.crop, "workers": workers, "bf16": bf16, "variant": args.variant,
+                "codec_bf16": args.codec_bf16, "channels_last": args.channels_last,
+                "images_per_s": {k: round(v, 2) for k, v in res.items()}, "limit": limit,
+                "codec_fast_paths_images_per_s": {k: round(v, 2) for k, v in codec_options.items()}})
+
+    save()
+    del loader, batches, batch, images, z_a, z_b, z_gt  # the Trainer builds its own loader and model
+    res["trainer"] = trainer_rate(cfg, module.codec, Path(tmp.name), steps, max(warmup, 1), sync,
+                                  compile_mode="default" if args.compile else None, codec_bf16=args.codec_bf16,
+                                  channels_last=args.channels_last)
+    print(f"mmaif train (Lightning's loop): {res['trainer']:.1f} images/s")
+    save()
     if args.json:
-        write_json(Path(args.json), {
-            "device": name, "preset": cfg.model.preset, "codec": f"{cfg.codec.kind} f{cfg.codec.factor}x{cfg.codec.channels}",
-            "codec_layers_per_block": module.codec.layers_per_block,
-            "batch": bs, "crop": args.crop, "workers": workers, "bf16": bf16, "variant": args.variant,
-            "codec_bf16": args.codec_bf16, "channels_last": args.channels_last,
-            "images_per_s": {k: round(v, 2) for k, v in res.items()}, "limit": limit,
-            "codec_fast_paths_images_per_s": {k: round(v, 2) for k, v in codec_options.items()}})
         print(f"wrote {args.json}")
     tmp.cleanup()
     return 0

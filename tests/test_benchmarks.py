@@ -91,7 +91,7 @@ def test_flops_splits_the_dit_and_rates_a_measured_run(tmp_path):
         {"variant": "flow", "size": 64, "steps": 2, "tiles": 4, "ms": 9.0, "encode_ms": 1.0, "dit_ms": 7.0,
          "decode_ms": 1.0}]}
     (tmp_path / "latency.json").write_text(json.dumps(latency))
-    (tmp_path / "throughput.json").write_text(json.dumps({"images_per_s": {"train": 10.0, "dit": 20.0},
+    (tmp_path / "throughput.json").write_text(json.dumps({"images_per_s": {"train": 10.0, "dit": 20.0, "trainer": 8.0},
                                                           "codec_fast_paths_images_per_s": {"float32": 50.0}}))
     out = run("flops.py", *cfg_files, "--size", "64", "--steps", "2", "--crop", "64", "--target-ms", "10", "20",
               "--latency", str(tmp_path / "latency.json"), "--throughput", str(tmp_path / "throughput.json"),
@@ -122,6 +122,7 @@ def test_flops_splits_the_dit_and_rates_a_measured_run(tmp_path):
     # backward: two products per forward one, less the input gradients nobody needs (latents, text)
     assert 2.8 * counts["regression"]["dit"] < train["dit_forward_backward"] <= 3 * counts["regression"]["dit"]
     assert train["measured"]["train"]["tflops"] == pytest.approx(10.0 * train["total"] / 1e3, abs=0.05)
+    assert train["measured"]["trainer"]["tflops"] == pytest.approx(8.0 * train["total"] / 1e3, abs=0.05)
     assert train["measured"]["codec float32"]["tflops"] == pytest.approx(50.0 * train["encode"] / 1e3, abs=0.05)
     assert "on experts whose combine weight is zero" in out and "measured train" in out
 
