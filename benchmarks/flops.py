@@ -168,8 +168,8 @@ def counted_model(cfg, sparse_moe: bool = False) -> dict:
 
 
 def measured_model_mismatch(data: dict, counted: dict) -> str | None:
-    """Why a latency / throughput JSON is not a run of the model counted here (preset, codec, codec layout), or
-    None. JSONs written before the layout was recorded are taken at their word for it."""
+    """Why a latency / throughput JSON is not a run of the model counted here (preset, codec, codec layout, MoE
+    dispatch), or None. JSONs written before a key was recorded are taken at their word for it."""
     for key, value in counted.items():
         if key in data and data[key] != value:
             return f"measured with {key}={data[key]}, counting {value}: pass the run's settings (overrides, flags)"

@@ -80,8 +80,8 @@ class TextEncoder(nn.Module):
                                return_tensors="pt")
         hidden = self.model(input_ids=batch["input_ids"].to(device),
                             attention_mask=batch["attention_mask"].to(device)).last_hidden_state
-        # one copy back for all new prompts, cut on the host: per prompt, the masked copy and its transfer
-        # would each wait for the GPU (two host syncs per new prompt, ~100 per training step at batch 128)
+        # one copy back for all new prompts, cut on the host: per prompt, the masked copy and its transfer would
+        # each wait for the GPU (two host syncs per new prompt; most of a batch's prompts are new for a long time)
         hidden = hidden.float().cpu()
         for p, h, m in zip(prompts, hidden, batch["attention_mask"].bool()):
             self._cache[p] = h[m]
