@@ -57,8 +57,8 @@ def rate(fn, n_images: int, steps: int, warmup: int, sync) -> float:
 
 
 def trainer_rate(cfg, codec, out_dir: Path, steps: int, warmup: int, sync, **speed) -> float:
-    """Images/s of `mmaif train` (run_training) on `cfg` with `codec`, over the steps after `warmup`. Only the
-    run's validation-time callbacks (checkpoints, image grids, metrics JSON) are left out."""
+    """Images/s of `mmaif train` (run_training) on `cfg` with `codec`, over the steps after `warmup`. Only
+    validation and its callbacks (checkpoints, image grids, metrics JSON) are left out."""
     import lightning as L
 
     from mmaif_pl.lit.commands import run_training
@@ -79,9 +79,9 @@ def trainer_rate(cfg, codec, out_dir: Path, steps: int, warmup: int, sync, **spe
     cfg.codec.path, cfg.train.out_dir = str(out_dir / "codec"), str(out_dir)
     cfg.train.max_steps, cfg.train.val_every = warmup + steps, warmup + steps + 1  # no validation
     clock = StepClock()
+    no_validation = {"limit_val_batches": 0, "num_sanity_val_steps": 0}  # nor a prepared split to read it from
     run_training(cfg, trainer_kwargs={"callbacks": [clock], "enable_checkpointing": False,
-                                                "enable_model_summary": False}, log=lambda *a: None,
-                 **speed)
+                                      "enable_model_summary": False, **no_validation}, log=lambda *a: None, **speed)
     return steps * int(cfg.data.batch_size) / clock.seconds
 
 
