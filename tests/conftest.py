@@ -1,7 +1,12 @@
 import os
+import traceback
+import weakref
 from pathlib import Path
 
 import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = Path(os.environ.get("MMAIF_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
@@ -71,3 +76,51 @@ def small_fusion_module(overrides: list[str], text, codec: str = "linear"):
     m = build_module(load([], overrides), latent, text).eval()
     randomize(m.ema)
     return m
+
+
+class HostReads(TorchDispatchMode):
+    """Host reads (`.item()` and the like) of tensors computed in the current training step, by step. On a GPU
+    each waits for the GPU to finish what the host has queued, so the loop cannot run ahead of it. Reads by the
+    optimizer (AdamW's step counters) and the data loader (its sampler) are left out: those tensors live on
+    the host in a GPU run too. A view of an older tensor (detach) is not new."""
+
+    READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
+             torch.ops.aten.equal.default}
+
+    def __init__(self):
+        super().__init__()
+        self.made, self.step, self.reads = {}, None, []
+
+    def steps(self):
+        """A Lightning callback that starts each step's record at its batch and stops at the end of training."""
+        import lightning as L
+
+        reads = self
+
+        class Steps(L.Callback):
+            def on_train_batch_start(self, trainer, *args):
+                reads.made.clear()
+                reads.step = trainer.global_step
+
+            def on_train_end(self, trainer, *args):
+                reads.step = None
+
+        return Steps()
+
+    def new(self, t) -> bool:
+        ref = self.made.get(id(t))
+        return ref is not None and ref() is t
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if self.step is None:
+            return out
+        if func in self.READS and self.new(args[0]):
+            where = [f.filename for f in traceback.extract_stack()]
+            if not any("/optim/" in f or "/utils/data/" in f for f in where):
+                self.reads.append(self.step)
+        if not func.is_view or self.new(args[0]):
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    self.made[id(t)] = weakref.ref(t)
+        return out

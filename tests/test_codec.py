@@ -190,6 +190,26 @@ def test_train_codec_command_trains_a_learned_codec_under_the_train_precision(tm
     assert next(again.ae.parameters()).dtype == torch.float32  # mixed precision keeps float32 weights
 
 
+def test_train_codec_is_reproducible(tmp_path, embedded_data):
+    """A learned codec's initial weights and training follow train.seed (torch seeds itself at random): the same
+    command twice gives the same weights, another seed others."""
+    from safetensors.torch import load_file
+
+    from mmaif_pl.cli import main
+
+    def train(name, *over):
+        rc = main(["train-codec", "-c", "experiments/base.yaml", "-c", "experiments/scale/smoke.yaml",
+                   f"data.root={embedded_data}", f"data.prepared={tmp_path / 'none'}", "data.val_fraction=0.2",
+                   "codec.kind=tiny", "codec.block_channels=[8,8,8]", "codec.layers_per_block=1", "codec.steps=2",
+                   "codec.crop=32", "codec.batch_size=2", "codec.fit_batches=1", *over, "--out", str(tmp_path / name)])
+        assert rc == 0
+        return load_file(tmp_path / name / "ae" / "diffusion_pytorch_model.safetensors")
+
+    first, again, other = train("first"), train("again"), train("other", "train.seed=1")
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
 def test_train_codec_measures_on_the_training_device():
     """Lightning hands a trained codec back on the CPU; statistics and PSNR are computed on the device the
     config trains on (`train.accelerator`), and the codec is left on the CPU for saving."""
@@ -207,3 +227,26 @@ def test_train_codec_measures_on_the_training_device():
     assert 5 < value < 60 and codec.linear.basis.device.type == "cpu"
     if device.type == "cuda":
         assert abs(value - evaluate_codec(codec, batches)) < 1e-3
+
+
+def test_codec_training_reads_nothing_back_from_the_device_between_log_steps(linear, photos):
+    """As for the fusion loop (tests/test_lit.py): 7 steps of `fit_codec` on a small AutoencoderTiny, logs written
+    every 3rd step: only those steps (2 and 5) read a step's values back; the progress bar's losses would
+    otherwise be read at every step (a wait for the GPU each)."""
+    from conftest import HostReads
+
+    from torch.utils.data import DataLoader
+
+    from mmaif_pl.config import load
+    from mmaif_pl.lit.codec import fit_codec
+
+    torch.manual_seed(0)
+    codec = LatentCodec("tiny", 4, 16, [8, 8, 8])
+    codec.linear.load_state_dict(linear.linear.state_dict())
+    samples = [{"a": p[0, :, :32, :32], "b": p[0, :, 32:64, :32]} for p in photos[0]]  # 3 batches per epoch
+    reads = HostReads()
+    quiet = {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu"}
+    with reads:
+        fit_codec(codec, load([], ["codec.steps=7", "codec.fit_batches=1"]).codec, lambda: DataLoader(samples),
+                  trainer_kwargs={**quiet, "log_every_n_steps": 3, "callbacks": [reads.steps()]}, log=lambda *a: None)
+    assert set(reads.reads) == {2, 5}, reads.reads

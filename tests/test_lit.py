@@ -1,15 +1,12 @@
 """LightningModules and the train command on a tiny in-test dataset (CPU, 32 px)."""
 import json
 import pickle
-import traceback
-import weakref
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from conftest import HostReads
 from torch.utils.data import DataLoader, Dataset
 
 from mmaif_pl.config import ConfigError, load
@@ -367,55 +364,17 @@ def test_flow_data_prediction_starts_as_average_fusion_and_is_validated():
         flow_module(codec, "model.prediction=epsilon")
 
 
-class HostReads(TorchDispatchMode):
-    """Host reads (`.item()` and the like) of tensors computed in the current training step, by step. On a GPU
-    each waits for the GPU to finish what the host has queued, so the loop cannot run ahead of it. Reads by the
-    optimizer (AdamW's step counters) and the data loader (its sampler) are left out: those tensors live on
-    the host in a GPU run too. A view of an older tensor (detach) is not new."""
-
-    READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
-             torch.ops.aten.equal.default}
-
-    def __init__(self):
-        super().__init__()
-        self.made, self.step, self.reads = {}, None, []
-
-    def new(self, t) -> bool:
-        ref = self.made.get(id(t))
-        return ref is not None and ref() is t
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if self.step is None:
-            return out
-        if func in self.READS and self.new(args[0]):
-            where = [f.filename for f in traceback.extract_stack()]
-            if not any("/optim/" in f or "/utils/data/" in f for f in where):
-                self.reads.append(self.step)
-        if not func.is_view or self.new(args[0]):
-            for t in tree_leaves(out):
-                if isinstance(t, torch.Tensor):
-                    self.made[id(t)] = weakref.ref(t)
-        return out
-
-
 @pytest.mark.parametrize("variant", ["regression", "flow"])
 def test_training_reads_nothing_back_from_the_device_between_log_steps(tmp_path, codec, text, variant):
     """7 steps, logs written every 3rd (Lightning writes them after steps 2 and 5, reading the logged values):
     no other step reads a value back, across epoch boundaries (2 batches per epoch). The progress bar's loss
     would otherwise be read at every step."""
     reads = HostReads()
-
-    class Steps(L.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            reads.made.clear()
-            reads.step = trainer.global_step
-
     cfg = cfg_for(tmp_path, f"train.variant={variant}", "train.max_steps=7", "train.val_every=100",
                   "train.log_every=3", f"codec.path={tmp_path / 'codec'}")
     codec.save(tmp_path / "codec")
     with reads:
-        run_training(cfg, datamodule=TinyDM(), trainer_kwargs={**QUIET, "callbacks": [Steps()]})
+        run_training(cfg, datamodule=TinyDM(), trainer_kwargs={**QUIET, "callbacks": [reads.steps()]})
     assert {2, 5} <= set(reads.reads) <= {0, 2, 5}, reads.reads  # step 0: the prompts' first encoding
 
 

@@ -1,4 +1,5 @@
-"""Training helpers: the denoiser-only EMA update, image grids for TensorBoard, a metrics JSON writer."""
+"""Training helpers: the denoiser-only EMA update, progress-bar values without host syncs, image grids for
+TensorBoard, a metrics JSON writer."""
 from __future__ import annotations
 
 import json
@@ -27,6 +28,21 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 def ema_decay(step: int, decay: float) -> float:
     """Warm-up (1 + n) / (10 + n) so short runs are not dominated by the random initial weights."""
     return min(decay, (1 + step) / (10 + step))
+
+
+def log_for_progress_bar(module: L.LightningModule, values: dict[str, torch.Tensor], batch_size: int) -> None:
+    """Show `values` (scalars on the device) in the progress bar without making every step wait for the GPU.
+
+    Lightning turns every progress-bar value into a number after each batch, whether the bar refreshes or
+    not: a device value would be read back, and the host would wait for the GPU to finish the step, at every
+    step. So the values go to the bar as one host copy, made only on the steps whose logs Lightning writes
+    (every `log_every_n_steps`, where the logged values are read back anyway); in between the bar keeps them.
+    Outside a Trainer (tests calling training_step) every step counts as one."""
+    trainer = module._trainer
+    every = max(1, trainer.log_every_n_steps) if trainer is not None else 1
+    if (module.global_step + 1) % every == 0:
+        shown = torch.stack([v.detach().float() for v in values.values()]).to("cpu", copy=True)
+        module.log_dict(dict(zip(values, shown.unbind())), prog_bar=True, logger=False, batch_size=batch_size)
 
 
 def image_grid(rows: list[torch.Tensor]) -> torch.Tensor:

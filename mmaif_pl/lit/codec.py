@@ -13,6 +13,7 @@ import lightning as L
 import torch
 
 from ..models.codec import LatentCodec, psnr
+from .callbacks import log_for_progress_bar
 from .fusion import _sobel_mag
 
 IMAGE_KEYS = ("a", "b", "a_clean", "b_clean", "target")
@@ -47,8 +48,8 @@ class CodecModule(L.LightningModule):
         loss = l1 + grad
         if isinstance(self.codec.ae, AutoencoderKL) and self.kl_weight > 0:
             loss = loss + self.kl_weight * self.codec.ae.encode(x * 2 - 1).latent_dist.kl().mean()
-        self.log_dict({"codec/l1": l1.detach(), "codec/grad": grad.detach(),
-                       "codec/psnr": psnr(rec.detach().clamp(0, 1), x)}, prog_bar=True, batch_size=x.shape[0])
+        shown = {"codec/l1": l1, "codec/grad": grad, "codec/psnr": psnr(rec.detach().clamp(0, 1), x)}
+        log_for_progress_bar(self, shown, x.shape[0])
         return loss
 
     def configure_optimizers(self):

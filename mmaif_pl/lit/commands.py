@@ -94,9 +94,14 @@ def cmd_train_codec(args) -> int:
     from ..models.codec import LatentCodec
     from .codec import evaluate_codec, fit_codec
 
+    import lightning as L
+
     cfg = load(args.config, args.overrides)
     out = Path(args.out or cfg.codec.path or Path(cfg.train.out_dir) / "codec")
     train_loader, val_loader = _codec_loaders(cfg)
+    # torch seeds itself at random: a learned codec's initial weights (and its training) follow train.seed, as
+    # the fusion training does; the linear codec is a closed-form fit and does not depend on it
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     codec = LatentCodec.from_config(cfg.codec)
     # the fusion training's precision rule (train.precision; "auto": bf16-mixed on a GPU that has it)
     trainer_kwargs = {"accelerator": cfg.train.accelerator, "precision": _precision(cfg.train.precision)}

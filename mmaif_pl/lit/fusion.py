@@ -23,7 +23,7 @@ from ..models.codec import LatentCodec, psnr
 from ..models.dit import DiTSpec, FusionDiT, ensemble_shifts, shift_ensemble
 from ..models.flow import LinearPath, LogitNormalTime, UniformTime, euler_sample
 from ..models.text import TextEncoder, to_device_async
-from .callbacks import ema_decay, update_ema
+from .callbacks import ema_decay, log_for_progress_bar, update_ema
 
 CKPT_FORMAT = 1
 
@@ -177,11 +177,7 @@ class FusionModule(L.LightningModule):
         out = self.compute_loss(batch, self._generator())
         bs = batch["a"].shape[0]
         self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, prog_bar=False, batch_size=bs)
-        # The progress bar turns its value into a number at every step, which on a GPU waits for the step to
-        # finish. A host copy, made only at the steps whose logs Lightning writes (and so reads back anyway),
-        # keeps the loop from waiting at every step.
-        if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
-            self.log("loss", out["loss"].detach().to("cpu", copy=True), prog_bar=True, logger=False, batch_size=bs)
+        log_for_progress_bar(self, {"loss": out["loss"]}, bs)
         return out["loss"]
 
     def optimizer_step(self, *args, **kwargs):
