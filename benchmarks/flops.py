@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from latency import PROMPT, build  # noqa: E402
+from latency import PROMPT, build, codec_label  # noqa: E402
 
 from mmaif_pl import config  # noqa: E402
 from mmaif_pl.fused_blocks import GroupedLinear, fuse_blocks  # noqa: E402
@@ -162,9 +162,8 @@ def count_training_image(cfg, crop: int) -> dict:
 
 def counted_model(cfg, sparse_moe: bool = False) -> dict:
     """The model counted, in the keys latency.py and train_throughput.py write into their JSON."""
-    c = config.to_container(cfg)["codec"]
-    return {"preset": cfg.model.preset, "codec": f"{c['kind']} f{c['factor']}x{c['channels']}",
-            "codec_layers_per_block": c["layers_per_block"], "sparse_moe": sparse_moe}
+    return {"preset": cfg.model.preset, "codec": codec_label(cfg.codec),
+            "codec_layers_per_block": config.to_container(cfg)["codec"]["layers_per_block"], "sparse_moe": sparse_moe}
 
 
 def measured_model_mismatch(data: dict, counted: dict) -> str | None:

@@ -219,6 +219,12 @@ def time_baseline(size: int, repeats: int, budget_s: float) -> float:
     return round(statistics.median(runs), 1)
 
 
+def codec_label(codec) -> str:
+    """"tiny f8x16": how the benchmarks' JSONs name a codec (a LatentCodec or a config's codec section), and how
+    flops.py checks that a measured run is of the model it counts."""
+    return f"{codec.kind} f{codec.factor}x{codec.channels}"
+
+
 def write_json(out: Path, data: dict) -> None:
     from mmaif_pl.atomic import atomic_write_text  # creates the folder, writes a temporary file, renames
 
@@ -295,7 +301,7 @@ def main(argv=None) -> int:
         if header is None:
             mc, cc = module.cfg.model, module.codec
             header = {"device": name, "cpu": cpu_name(), "threads": torch.get_num_threads(), "weights": weights,
-                      "preset": mc.preset, "codec": f"{cc.kind} f{cc.factor}x{cc.channels}",
+                      "preset": mc.preset, "codec": codec_label(cc),
                       "codec_layers_per_block": cc.layers_per_block, "tile": tile,
                       "dit_bf16": fuser.bf16, "codec_bf16": args.codec_bf16 and gpu, "compile": args.compile,
                       "cuda_graphs": args.cuda_graphs, "bf16_weights": args.bf16_weights,

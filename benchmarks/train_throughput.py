@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     args = p.parse_intermixed_args(argv)
 
     from data_throughput import make_dataset
-    from latency import cpu_name, profile_table, random_basis, randomize, write_json
+    from latency import codec_label, cpu_name, profile_table, random_basis, randomize, write_json
 
     from mmaif_pl.data.datamodule import FusionDataModule
     from mmaif_pl.fuse import compile_blocks, resolve_device
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     bs, workers = int(cfg.data.batch_size), int(cfg.data.num_workers)
     name = torch.cuda.get_device_name(device) if gpu else cpu_name()
     bf16 = gpu and torch.cuda.is_bf16_supported()
-    print(f"device: {name}; preset {cfg.model.preset}, codec {cfg.codec.kind} f{cfg.codec.factor}x{cfg.codec.channels}, "
+    print(f"device: {name}; preset {cfg.model.preset}, codec {codec_label(cfg.codec)}, "
           f"batch {bs} x {args.crop}px, {workers} loader workers, bf16 {bf16}; random weights")
 
     torch.manual_seed(0)
@@ -250,7 +250,7 @@ def main(argv=None) -> int:
         if args.json:
             write_json(Path(args.json), {
                 "device": name, "preset": cfg.model.preset,
-                "codec": f"{cfg.codec.kind} f{cfg.codec.factor}x{cfg.codec.channels}",
+                "codec": codec_label(cfg.codec),
                 "codec_layers_per_block": module.codec.layers_per_block,
                 "batch": bs, "crop": args.crop, "workers": workers, "bf16": bf16, "variant": args.variant,
                 "codec_bf16": args.codec_bf16, "channels_last": args.channels_last,
