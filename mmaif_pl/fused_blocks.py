@@ -74,7 +74,7 @@ class FusedMoE(nn.Module):
         self.b2 = nn.Parameter(torch.stack([e.w2.bias.detach() for e in experts]), requires_grad=False)  # K x D
 
     # the routing is MoESwiGLU's own: softmax over the router's logits, top-k, renormalised
-    route = MoESwiGLU.route
+    select, route = MoESwiGLU.select, MoESwiGLU.route
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat = x.reshape(-1, x.shape[-1])
@@ -118,11 +118,11 @@ class SparseMoE(nn.Module):
                                 torch.stack([e.w2.bias for e in experts]))
         self.register_buffer("expert_ids", torch.arange(len(experts)), persistent=False)
 
+    select = MoESwiGLU.select  # the routing is MoESwiGLU's own
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat = x.reshape(-1, x.shape[-1])
-        probs = self.router(flat).float().softmax(-1)
-        weight, expert = probs.topk(self.top_k, dim=-1)  # T x k, renormalised as in MoESwiGLU.route
-        weight = weight / weight.sum(-1, keepdim=True)
+        _, weight, expert = self.select(flat)  # T x k each
         if len(self.expert_ids) > self.routed:  # the shared expert: every token, weight 1
             expert = F.pad(expert, (0, 1), value=self.routed)
             weight = F.pad(weight, (0, 1), value=1.0)

@@ -240,12 +240,16 @@ class MoESwiGLU(nn.Module):
         self.experts = nn.ModuleList(SwiGLU(dim, expert_hidden) for _ in range(experts))
         self.shared = SwiGLU(dim, expert_hidden) if shared else None
 
-    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x: T x D -> (combine weights T x E, router probs T x E, top-k indices T x k)."""
+    def select(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: T x D -> (router probs T x E, the top-k experts' renormalised weights T x k, their indices T x k)."""
         probs = self.router(x).float().softmax(-1)
         topv, topi = probs.topk(self.top_k, dim=-1)
-        weights = torch.zeros_like(probs).scatter(-1, topi, topv / topv.sum(-1, keepdim=True))
-        return weights, probs, topi
+        return probs, topv / topv.sum(-1, keepdim=True), topi
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: T x D -> (combine weights T x E, zero off the top k; router probs T x E; top-k indices T x k)."""
+        probs, topw, topi = self.select(x)
+        return torch.zeros_like(probs).scatter(-1, topi, topw), probs, topi
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat = x.reshape(-1, x.shape[-1])
