@@ -9,6 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 REPO = Path(__file__).resolve().parent.parent
+QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu"}  # Trainer kwargs
 SHARED_DATASETS = Path(os.environ.get("MMAIF_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

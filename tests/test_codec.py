@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import random_basis
+from conftest import QUIET, HostReads, random_basis
 
 from mmaif_pl.errors import UserError
 from mmaif_pl.lit.codec import CodecModule
@@ -159,6 +159,14 @@ def test_pretrained_diffusers_folder(tmp_path):
     assert LatentCodec.load(tmp_path / "stored").identity() == codec.identity()
 
 
+def tiny_codec_command(data_root, tmp_path, out, *overrides) -> list[str]:
+    """`mmaif train-codec` of a small AutoencoderTiny for 2 steps on the embedded data (no prepared split)."""
+    return ["train-codec", "-c", "experiments/base.yaml", "-c", "experiments/scale/smoke.yaml",
+            f"data.root={data_root}", f"data.prepared={tmp_path / 'none'}", "data.val_fraction=0.2",
+            "codec.kind=tiny", "codec.block_channels=[8,8,8]", "codec.layers_per_block=1", "codec.steps=2",
+            "codec.crop=32", "codec.batch_size=2", *overrides, "--out", str(out)]
+
+
 def test_train_codec_command_trains_a_learned_codec_under_the_train_precision(tmp_path, embedded_data, monkeypatch):
     """`mmaif train-codec` end to end on the embedded data, a learned (tiny) kind, the precision rule that
     the fusion training uses (bf16-mixed here, as `auto` picks on a GPU): metrics written, folder reloadable."""
@@ -177,11 +185,7 @@ def test_train_codec_command_trains_a_learned_codec_under_the_train_precision(tm
 
     monkeypatch.setattr("mmaif_pl.lit.codec.L.Trainer", RecordingTrainer)
     out = tmp_path / "codec"
-    rc = main(["train-codec", "-c", "experiments/base.yaml", "-c", "experiments/scale/smoke.yaml",
-               f"data.root={embedded_data}", f"data.prepared={tmp_path / 'none'}", "data.val_fraction=0.2",
-               "codec.kind=tiny", "codec.block_channels=[8,8,8]",
-               "codec.layers_per_block=1", "codec.steps=2", "codec.crop=32", "codec.batch_size=2",
-               "train.precision=bf16-mixed", "--out", str(out)])
+    rc = main(tiny_codec_command(embedded_data, tmp_path, out, "train.precision=bf16-mixed"))
     assert rc == 0
     assert seen["precision"] == "bf16-mixed" and seen["max_steps"] == 2
     metrics = json.loads((out / "metrics.json").read_text())
@@ -198,11 +202,7 @@ def test_train_codec_is_reproducible(tmp_path, embedded_data):
     from mmaif_pl.cli import main
 
     def train(name, *over):
-        rc = main(["train-codec", "-c", "experiments/base.yaml", "-c", "experiments/scale/smoke.yaml",
-                   f"data.root={embedded_data}", f"data.prepared={tmp_path / 'none'}", "data.val_fraction=0.2",
-                   "codec.kind=tiny", "codec.block_channels=[8,8,8]", "codec.layers_per_block=1", "codec.steps=2",
-                   "codec.crop=32", "codec.batch_size=2", "codec.fit_batches=1", *over, "--out", str(tmp_path / name)])
-        assert rc == 0
+        assert main(tiny_codec_command(embedded_data, tmp_path, tmp_path / name, "codec.fit_batches=1", *over)) == 0
         return load_file(tmp_path / name / "ae" / "diffusion_pytorch_model.safetensors")
 
     first, again, other = train("first"), train("again"), train("other", "train.seed=1")
@@ -233,8 +233,6 @@ def test_codec_training_reads_nothing_back_from_the_device_between_log_steps(lin
     """As for the fusion loop (tests/test_lit.py): 7 steps of `fit_codec` on a small AutoencoderTiny, logs written
     every 3rd step: only those steps (2 and 5) read a step's values back; the progress bar's losses would
     otherwise be read at every step (a wait for the GPU each)."""
-    from conftest import HostReads
-
     from torch.utils.data import DataLoader
 
     from mmaif_pl.config import load
@@ -245,8 +243,7 @@ def test_codec_training_reads_nothing_back_from_the_device_between_log_steps(lin
     codec.linear.load_state_dict(linear.linear.state_dict())
     samples = [{"a": p[0, :, :32, :32], "b": p[0, :, 32:64, :32]} for p in photos[0]]  # 3 batches per epoch
     reads = HostReads()
-    quiet = {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu"}
     with reads:
         fit_codec(codec, load([], ["codec.steps=7", "codec.fit_batches=1"]).codec, lambda: DataLoader(samples),
-                  trainer_kwargs={**quiet, "log_every_n_steps": 3, "callbacks": [reads.steps()]}, log=lambda *a: None)
+                  trainer_kwargs={**QUIET, "log_every_n_steps": 3, "callbacks": [reads.steps()]}, log=lambda *a: None)
     assert set(reads.reads) == {2, 5}, reads.reads

@@ -6,7 +6,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import HostReads
+from conftest import QUIET, HostReads
 from torch.utils.data import DataLoader, Dataset
 
 from mmaif_pl.config import ConfigError, load
@@ -71,9 +71,6 @@ def codec():
     c.fit_linear(imgs)
     c.measure_stats(imgs)
     return c
-
-
-QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu"}  # Trainer kwargs
 
 
 def cfg_for(tmp_path, *over):
