@@ -395,3 +395,38 @@ def test_update_ema_is_the_per_parameter_lerp():
         update_ema(ema, model, decay)
     assert all(torch.equal(a, b) for a, b in zip(loop_ema.parameters(), ema.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), ema.parameters()))
+
+
+def test_fused_adamw_is_chosen_on_cuda_without_a_grad_scaler():
+    from mmaif_pl.lit.fusion import use_fused_adamw
+
+    assert use_fused_adamw(torch.device("cuda", 0), None)
+    assert not use_fused_adamw(torch.device("cuda", 0), torch.amp.GradScaler("cpu"))  # 16-mixed: it would unscale
+    assert not use_fused_adamw(torch.device("cpu"), None)  # the CPU runs keep torch's default
+
+
+def test_fused_adamw_trains_under_bf16_mixed_with_lightnings_clipping(tmp_path, codec, text, monkeypatch):
+    """The fused AdamW as `mmaif train` takes it on a GPU (bf16-mixed, gradient clipping on), run here on the CPU:
+    Lightning's mixed-precision plugin refuses to clip for it, so the module clips itself, by norm, before the
+    step; 4 steps give the weights of the default AdamW within float tolerance."""
+    from mmaif_pl.lit.fusion import FusionModule
+
+    clip = 1e-3  # far below these gradients' norms: every step clips
+    norms = []
+
+    class RecordClippedNorms(L.Callback):  # the gradients the step used: Lightning clears them at the next step
+        def on_train_batch_end(self, trainer, pl_module, *_):
+            grads = [p.grad for p in pl_module.dit.parameters() if p.grad is not None]
+            norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+    runs = {}
+    for fused in (False, True):
+        monkeypatch.setattr(FusionModule, "fused_adamw", fused)
+        cfg = cfg_for(tmp_path, "train.max_steps=4", f"train.name=fused_{fused}", "train.precision=bf16-mixed",
+                      f"train.grad_clip={clip}")
+        module, trainer, _ = run_training(cfg, datamodule=TinyDM(), log=lambda *_: None,
+                                          trainer_kwargs={**QUIET, "callbacks": [RecordClippedNorms()]})
+        assert trainer.optimizers[0].defaults["fused"] is (True if fused else None)
+        runs[fused] = module
+    assert len(norms) == 8 and all(n <= clip * (1 + 1e-3) for n in norms), norms
+    assert_same_weights(runs[True], runs[False])

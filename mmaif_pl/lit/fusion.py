@@ -15,6 +15,8 @@ from typing import Optional
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import config_hash, to_container
@@ -26,6 +28,31 @@ from ..models.text import TextEncoder, to_device_async
 from .callbacks import ema_decay, log_for_progress_bar, update_ema
 
 CKPT_FORMAT = 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# The optimizer
+# ----------------------------------------------------------------------------------------------------
+
+
+def make_adamw(dit: torch.nn.Module, tc, fused: Optional[bool] = None,
+               foreach: Optional[bool] = None) -> torch.optim.AdamW:
+    """AdamW over the DiT's trainable parameters, weight decay on the matrices only (biases, norms, gains and the
+    PE tables are not decayed). `fused`: one fused kernel per parameter group for the whole update instead of a
+    dozen multi-tensor passes over every parameter, with the step counters on the device. None for both: torch's
+    default (multi-tensor on CUDA)."""
+    decay = [p for p in dit.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in dit.parameters() if p.requires_grad and p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=tuple(tc.betas),
+                             fused=fused, foreach=foreach)
+
+
+def use_fused_adamw(device: torch.device, grad_scaler) -> bool:
+    """The fused AdamW on CUDA (nanoGPT's choice), unless a GradScaler (16-mixed) scales the gradients: the fused
+    step would unscale them itself, after Lightning's clipping. Elsewhere torch's default: the CPU runs, and
+    with them the committed pipeline, keep their numbers."""
+    return device.type == "cuda" and grad_scaler is None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -180,6 +207,17 @@ class FusionModule(L.LightningModule):
         log_for_progress_bar(self, {"loss": out["loss"]}, bs)
         return out["loss"]
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Lightning's clipping, also for the fused AdamW: Lightning's mixed-precision plugin refuses to clip for an
+        optimizer that unscales inside its step, as the fused one can; without a GradScaler (bf16-mixed, which is
+        when `use_fused_adamw` picks it) nothing is scaled, and clipping is the plain precision's."""
+        plugin = self.trainer.precision_plugin
+        if getattr(optimizer, "_step_supports_amp_scaling", False) and getattr(plugin, "scaler", None) is None:
+            algorithm = GradClipAlgorithmType(gradient_clip_algorithm or self.trainer.gradient_clip_algorithm or "norm")
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val or 0.0, algorithm)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def optimizer_step(self, *args, **kwargs):
         # EMA right after the step (not in on_train_batch_end, which runs after the checkpoint callback:
         # a resumed run would then miss one update)
@@ -234,12 +272,17 @@ class FusionModule(L.LightningModule):
                     for k, v in _flatten(to_container(self.cfg)).items()}
             logger.log_hyperparams(flat, {"hp/psnr": 0.0})
 
+    # AdamW's implementation: None chooses (`use_fused_adamw`); True / False force it (the tests run the fused
+    # path on the CPU). Like `mmaif train --compile`, it changes float rounding and speed, not the experiment.
+    fused_adamw: Optional[bool] = None
+
     def configure_optimizers(self):
         tc = self.cfg.train
-        decay = [p for p in self.dit.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.dit.parameters() if p.requires_grad and p.dim() < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=tuple(tc.betas))
+        fused = self.fused_adamw
+        if fused is None:
+            plugin = self._trainer.precision_plugin if self._trainer is not None else None
+            fused = use_fused_adamw(self.device, getattr(plugin, "scaler", None))
+        opt = make_adamw(self.dit, tc, fused=True if fused else None)
         warmup = max(1, int(tc.warmup_steps))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
