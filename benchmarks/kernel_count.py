@@ -1,26 +1,34 @@
-"""Kernels per DiT forward: how many device operations one denoiser call issues, by kind.
+"""Kernels per DiT forward: how many device operations one denoiser call issues, by kind, and the bytes they move.
 
     python benchmarks/kernel_count.py                      # the B preset, regression and flow
+    python benchmarks/kernel_count.py --grid 128 --fused-blocks --bf16-weights     # a 1024 px pair, rewritten
     python benchmarks/kernel_count.py --preset tiny --no-autocast
-    python benchmarks/kernel_count.py --train                      # one training step, per phase
+    python benchmarks/kernel_count.py --train --batch 128          # one training step, per phase
 
 At batch 1 on a GPU the eager DiT is host-bound: its time follows the number of kernels it launches, not
 their size (docs/speed.md: 36 ms at 256 tokens, 48 ms at 4096 on an H200), and even a CUDA graph replays
 each kernel at a few microseconds. This counts the aten operations of one forward with a
 TorchDispatchMode, on the CPU (the count does not depend on the device), and splits off the view
-operations, which launch nothing. Under bf16 autocast (as `mmaif fuse` runs on a GPU), `_to_copy` counts
+operations and allocations, which launch nothing. Under bf16 autocast (as `mmaif fuse` runs on a GPU), `_to_copy` counts
 the casts of float32 weights and activations.
+
+It also adds up the bytes each kernel reads and writes at the least: every distinct tensor an operation takes
+or returns, once. An elementwise kernel moves exactly that; a GEMM or flash attention re-reads tiles from the
+cache, not from memory. Divided by the memory's bandwidth (`--bandwidth`, 4.8 TB/s for an H200) it is the time
+the kernels need just to move their data, the memory floor beside flops.py's compute floor. The model runs
+on fake tensors (shapes and dtypes, no data), so a 1024 px pair or a batch of 128 is counted in seconds.
 """
 from __future__ import annotations
 
 import argparse
 import collections
-import copy
 import sys
 from pathlib import Path
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -28,25 +36,48 @@ sys.path.insert(0, str(REPO))
 from mmaif_pl import config  # noqa: E402
 from mmaif_pl.fuse import store_matmul_weights  # noqa: E402
 from mmaif_pl.fused_blocks import fuse_blocks  # noqa: E402
+from mmaif_pl.lit.fusion import make_adamw  # noqa: E402
 from mmaif_pl.models.dit import DiTSpec, FusionDiT  # noqa: E402
 
 # aten ops that only re-describe memory (no kernel on any device)
 VIEWS = {"view", "_unsafe_view", "t", "transpose", "permute", "unsqueeze", "squeeze", "expand", "slice", "select",
          "split", "split_with_sizes", "unbind", "chunk", "detach", "alias", "as_strided", "reshape", "unflatten",
          "flatten", "narrow"}
+# aten ops that are host-side bookkeeping: profiler markers, a no-op, reads of a CPU scalar (AdamW's step counters),
+# a fake tensor's device query, and uninitialised allocations (the caching allocator's, no kernel)
+HOST = {"_record_function_enter_new", "_record_function_exit", "lift_fresh", "_local_scalar_dense", "device",
+        "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
+
+
+def nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 class OpCounter(TorchDispatchMode):
+    """Operations by kind, and the bytes each kind's operations read and write: each distinct tensor an operation
+    takes or returns once, and the ones it updates in place (AdamW's states, `add_`) once more, as they are read
+    and written. A view's bytes are counted where a kernel reads them."""
+
     def __init__(self):
         super().__init__()
         self.ops = collections.Counter()
+        self.bytes = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        self.ops[name] += 1
+        if name not in VIEWS | HOST:
+            tensors = {id(t): t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)}
+            named = dict(zip((a.name for a in func._schema.arguments), args), **(kwargs or {}))
+            updated = [named.get(a.name) for a in func._schema.arguments if a.alias_info and a.alias_info.is_write]
+            self.bytes[name] += nbytes(tensors.values()) + nbytes(
+                t for t in tree_flatten(updated)[0] if isinstance(t, torch.Tensor))
+        return out
 
 
-def count(dit: FusionDiT, inputs: int, grid: int, text_dim: int, autocast: bool) -> collections.Counter:
+def count(dit: FusionDiT, inputs: int, grid: int, text_dim: int, autocast: bool) -> OpCounter:
+    """One forward of a pair at batch 1; real or fake tensors, as `dit` was built."""
     x = torch.randn(1, dit.latent_channels * inputs, grid, grid)
     t = torch.rand(1) if dit.t_embed is not None else None
     text = torch.randn(1, text_dim)
@@ -54,23 +85,21 @@ def count(dit: FusionDiT, inputs: int, grid: int, text_dim: int, autocast: bool)
         dit(x, text, t)  # the steady state of a sampling loop: what a call makes once per grid is made here
         with OpCounter() as counter:
             dit(x, text, t)
-    return counter.ops
+    return counter
 
 
-def count_training_step(dit: FusionDiT, inputs: int, grid: int, text_dim: int, autocast: bool) -> dict:
+def count_training_step(make_dit, inputs: int, grid: int, text_dim: int, autocast: bool, batch: int, train_cfg,
+                        fused_adamw: bool) -> dict[str, OpCounter]:
     """Operations per phase of one training step as `mmaif train` takes it on a GPU (bf16-mixed forward, backward,
-    gradient clipping, AdamW with the parameter groups of FusionModule.configure_optimizers and CUDA's default
-    multi-tensor implementation, the EMA update), after one step that creates the optimizer state."""
+    gradient clipping, FusionModule's AdamW, fused or multi-tensor, the EMA update), after one step that creates
+    the optimizer state. `make_dit()` builds the DiT (twice: the model and its EMA)."""
     from mmaif_pl.lit.callbacks import update_ema
 
-    ema = copy.deepcopy(dit).requires_grad_(False)
-    decay = [p for p in dit.parameters() if p.dim() >= 2]
-    rest = [p for p in dit.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
-                            lr=1e-4, foreach=True)
-    x = torch.randn(2, dit.latent_channels * inputs, grid, grid)
-    target = torch.randn(2, dit.latent_channels, grid, grid)
-    text, t = torch.randn(2, text_dim), torch.rand(2) if dit.t_embed is not None else None
+    dit, ema = make_dit().train(), make_dit().requires_grad_(False)
+    opt = make_adamw(dit, train_cfg, fused=True) if fused_adamw else make_adamw(dit, train_cfg, foreach=True)
+    x = torch.randn(batch, dit.latent_channels * inputs, grid, grid)
+    target = torch.randn(batch, dit.latent_channels, grid, grid)
+    text, t = torch.randn(batch, text_dim), torch.rand(batch) if dit.t_embed is not None else None
     phases, loss = {}, None
 
     def forward():
@@ -80,7 +109,8 @@ def count_training_step(dit: FusionDiT, inputs: int, grid: int, text_dim: int, a
             loss = (out.float() - target).square().mean() + 0.01 * aux
 
     steps = {"forward": forward, "backward": lambda: loss.backward(),
-             "clip": lambda: torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0),
+             # multi-tensor as on CUDA, which torch picks there by itself (fake tensors would get the per-tensor loop)
+             "clip": lambda: torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0, foreach=True),
              "adamw": lambda: (opt.step(), opt.zero_grad(set_to_none=True)),
              "ema": lambda: update_ema(ema, dit, 0.999)}
     for fn in steps.values():  # the first step creates the optimizer state
@@ -88,17 +118,23 @@ def count_training_step(dit: FusionDiT, inputs: int, grid: int, text_dim: int, a
     for name, fn in steps.items():
         with OpCounter() as counter:
             fn()
-        phases[name] = counter.ops
+        phases[name] = counter
     return phases
-
-
-# aten ops that are host-side bookkeeping: profiler markers, a no-op, reads of a CPU scalar (AdamW's step counters)
-HOST = {"_record_function_enter_new", "_record_function_exit", "lift_fresh", "_local_scalar_dense"}
 
 
 def launches(ops: collections.Counter) -> collections.Counter:
     """The operations that launch a kernel: all but the views and the host-side bookkeeping."""
     return collections.Counter({k: v for k, v in ops.items() if k not in VIEWS | HOST})
+
+
+def most_bytes(counter: OpCounter, top: int) -> str:
+    return ", ".join(f"{k} {v / 1e9:,.2f}" for k, v in counter.bytes.most_common(top))
+
+
+def traffic(counter: OpCounter, bandwidth: float) -> str:
+    """'X GB = Y ms': the bytes the kernels move, and the time at `bandwidth` TB/s."""
+    gb = counter.bytes.total() / 1e9
+    return f"{gb:,.2f} GB = {gb / bandwidth:,.2f} ms at {bandwidth:g} TB/s"
 
 
 def main(argv=None) -> int:
@@ -114,6 +150,11 @@ def main(argv=None) -> int:
                    help="the rewrite with only the routed experts computed (mmaif fuse --sparse-moe)")
     p.add_argument("--train", action="store_true",
                    help="one training step instead, per phase (forward, backward, clip, AdamW, EMA)")
+    p.add_argument("--batch", type=int, default=32, help="training batch (--train; the GPU preset's: 32)")
+    p.add_argument("--foreach-adamw", action="store_true",
+                   help="--train: torch's multi-tensor AdamW, as mmaif train ran on a GPU before the fused one")
+    p.add_argument("--bandwidth", type=float, default=4.8,
+                   help="memory bandwidth in TB/s for the memory floor (4.8 H200, 3.35 H100 SXM, 2.0 H100 PCIe)")
     p.add_argument("--top", type=int, default=10)
     p.add_argument("overrides", nargs="*", help="model.* overrides, e.g. model.moe=false")
     args = p.parse_args(argv)
@@ -124,28 +165,44 @@ def main(argv=None) -> int:
           f"{', fused blocks' if args.fused_blocks or args.sparse_moe else ''}"
           f"{', sparse MoE' if args.sparse_moe else ''}")
     if args.train:
-        dit = FusionDiT(cfg.codec.channels, 2, 384, spec, timestep=False).train()
-        phases = count_training_step(dit, 2, args.grid, 384, not args.no_autocast)
-        for name, ops in phases.items():
-            kernels = launches(ops)
-            multi = sum(v for k, v in kernels.items() if k.startswith("_foreach"))
+        def make_dit():
+            return FusionDiT(cfg.codec.channels, 2, 384, spec, timestep=False)
+
+        with FakeTensorMode():  # shapes and dtypes only: nothing is computed
+            phases = count_training_step(make_dit, 2, args.grid, 384, not args.no_autocast, args.batch, cfg.train,
+                                         fused_adamw=not args.foreach_adamw)
+        for name, counter in phases.items():
+            kernels = launches(counter.ops)
+            multi = sum(v for k, v in kernels.items() if k.startswith("_foreach") or k.startswith("_fused"))
             notes = [f"{multi} of them multi-tensor: a few kernels each on a GPU"] if multi else []
-            notes += [f"{ops['_local_scalar_dense']} host-side scalar reads"] if ops["_local_scalar_dense"] else []
+            reads = counter.ops["_local_scalar_dense"]
+            notes += [f"{reads} host-side scalar reads"] if reads else []
             top = ", ".join(f"{k} {v}" for k, v in kernels.most_common(args.top))
             notes = f" ({'; '.join(notes)})" if notes else ""
-            print(f"{name:<9} {kernels.total():>5} kernels{notes}; {top}")
-        print(f"training step (regression): {sum(launches(ops).total() for ops in phases.values())} kernels")
+            print(f"{name:<9} {kernels.total():>5} kernels, {counter.bytes.total() / 1e9:7.2f} GB{notes}; {top}")
+            print(f"{'':<9} GB by kind: {most_bytes(counter, args.top)}")
+        step = OpCounter()
+        for counter in phases.values():
+            step.ops.update(counter.ops)
+            step.bytes.update(counter.bytes)
+        adamw = "multi-tensor" if args.foreach_adamw else "fused"
+        print(f"training step (regression, batch {args.batch}, {adamw} AdamW): "
+              f"{launches(step.ops).total()} kernels, {traffic(step, args.bandwidth)}")
         return 0
     for variant, inputs, timestep in (("regression", 2, False), ("flow", 3, True)):
+        # built and rewritten for real (module conversions do not take fake parameters), then run on fake inputs
         dit = FusionDiT(cfg.codec.channels, inputs, 384, spec, timestep=timestep).eval().requires_grad_(False)
         if args.fused_blocks or args.sparse_moe:  # before storing weights in bf16, as mmaif_pl.fuse.accelerate does
             fuse_blocks(dit, sparse_moe=args.sparse_moe)
         if args.bf16_weights:
             store_matmul_weights(dit)
-        ops = count(dit, inputs, args.grid, 384, not args.no_autocast)
-        kernels = launches(ops)
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            counter = count(dit, inputs, args.grid, 384, not args.no_autocast)
+        kernels = launches(counter.ops)
         top = ", ".join(f"{k} {v}" for k, v in kernels.most_common(args.top))
-        print(f"{variant:<11} {kernels.total():>5} kernels ({ops.total()} aten ops with views); {top}")
+        print(f"{variant:<11} {kernels.total():>5} kernels ({counter.ops.total()} aten ops with views), "
+              f"{traffic(counter, args.bandwidth)}; {top}")
+        print(f"{'':<11} GB by kind: {most_bytes(counter, args.top)}")
     return 0
 
 

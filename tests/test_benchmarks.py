@@ -61,17 +61,56 @@ def test_kernel_count_prints_both_variants():
     out = run("kernel_count.py", "--preset", "tiny", "--grid", "8", "--fused-blocks", "--top", "3")
     lines = [line for line in out.splitlines() if line.split()[:1] in (["regression"], ["flow"])]
     assert len(lines) == 2 and all(int(line.split()[1]) > 50 for line in lines)
+    assert all(re.search(r"[\d.]+ GB = [\d.]+ ms at 4.8 TB/s", line) for line in lines)
 
 
 def test_kernel_count_of_a_training_step():
-    """Per phase; the EMA update is one multi-tensor lerp, not one kernel per parameter."""
-    out = run("kernel_count.py", "--preset", "tiny", "--grid", "8", "--train")
-    phases = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
-              if line.split()[:1] in (["forward"], ["backward"], ["clip"], ["adamw"], ["ema"])}
-    assert set(phases) == {"forward", "backward", "clip", "adamw", "ema"}
-    assert phases["backward"] > phases["forward"] > 100 and phases["ema"] <= 2 and phases["adamw"] < 30
-    total = int(out.strip().splitlines()[-1].split()[-2])
-    assert total == sum(phases.values())
+    """Per phase; the EMA update is one multi-tensor lerp, not one kernel per parameter; AdamW is fused (a few
+    launches, one pass over its tensors) unless asked for the multi-tensor one."""
+    phases = {}
+    for adamw in ("fused", "foreach"):
+        out = run("kernel_count.py", "--preset", "tiny", "--grid", "8", "--train", "--batch", "4",
+                  *(["--foreach-adamw"] if adamw == "foreach" else []))
+        rows = [line.split() for line in out.splitlines()
+                if line.split()[:1] in (["forward"], ["backward"], ["clip"], ["adamw"], ["ema"])]
+        phases[adamw] = {r[0]: (int(r[1]), float(r[3])) for r in rows}  # kernels, GB
+        kernels = {k: v[0] for k, v in phases[adamw].items()}
+        assert set(kernels) == {"forward", "backward", "clip", "adamw", "ema"}
+        assert kernels["backward"] > kernels["forward"] > 100 and kernels["ema"] <= 2
+        total = re.search(r"(\d+) kernels, ([\d.]+) GB", out.strip().splitlines()[-1])
+        assert int(total.group(1)) == sum(kernels.values())
+    assert phases["fused"]["adamw"][0] <= 4 < phases["foreach"]["adamw"][0] < 30
+    assert phases["fused"]["adamw"][1] < 0.5 * phases["foreach"]["adamw"][1]
+    assert phases["fused"]["forward"] == phases["foreach"]["forward"]
+
+
+def test_kernel_count_bytes_are_the_tensors_each_kernel_reads_and_writes():
+    """A GEMM moves its operands and its result, an in-place update reads and writes its tensor, a view moves
+    nothing; fake tensors (how the script runs a B model at any size) count what real ones do."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from kernel_count import OpCounter, count
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from mmaif_pl.config import load
+    from mmaif_pl.models.dit import DiTSpec, FusionDiT
+
+    x, w, b = torch.randn(8, 16), torch.randn(16, 32), torch.randn(32)
+    with OpCounter() as counter:
+        y = torch.addmm(b, x, w)
+        y.mul_(2)
+        y.t()
+    assert counter.bytes == {"addmm": 4 * (32 + 8 * 16 + 16 * 32 + 8 * 32), "mul_": 2 * 4 * 8 * 32}
+    assert counter.ops["t"] == 1 and "t" not in counter.bytes
+
+    spec = DiTSpec.from_config(load([], ["model.preset=tiny"]).model)
+    torch.manual_seed(0)
+    dit = FusionDiT(16, 2, 384, spec, timestep=False).eval().requires_grad_(False)
+    real = count(dit, 2, 8, 384, autocast=True)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        fake = count(dit, 2, 8, 384, autocast=True)
+    for kind in real.bytes:
+        assert (fake.ops[kind], fake.bytes[kind]) == (real.ops[kind], real.bytes[kind]), kind
+    assert real.bytes["_to_copy"] > 0  # autocast's casts are counted
 
 
 def test_flops_splits_the_dit_and_rates_a_measured_run(tmp_path):

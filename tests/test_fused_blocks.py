@@ -79,16 +79,16 @@ def test_rewrite_launches_fewer_kernels():
     fused = fuse_blocks(copy.deepcopy(dit))
     kernels = {}
     for name, model, autocast in (("fp32", dit, False), ("bf16", dit, True), ("fused_fp32", fused, False)):
-        kernels[name] = launches(count(model, 2, 8, 384, autocast)).total()
+        kernels[name] = launches(count(model, 2, 8, 384, autocast).ops).total()
     store_matmul_weights(fused)
-    kernels["fused_bf16"] = launches(count(fused, 2, 8, 384, True)).total()
+    kernels["fused_bf16"] = launches(count(fused, 2, 8, 384, True).ops).total()
     assert kernels["fused_fp32"] < 0.6 * kernels["fp32"], kernels  # measured: 663 of 1196
     assert kernels["fused_bf16"] < 0.45 * kernels["bf16"], kernels  # with bf16 weights: 810 of 1881
     sparse = fuse_blocks(copy.deepcopy(dit), sparse_moe=True)
     store_matmul_weights(sparse)
-    kernels["sparse_bf16"] = launches(count(sparse, 2, 8, 384, True)).total()
-    # the grouped dispatch's sort, gathers and scatter: 9 kernels more per block than the dense rewrite
-    assert kernels["fused_bf16"] < kernels["sparse_bf16"] < 0.5 * kernels["bf16"], kernels  # 918 of 1881
+    kernels["sparse_bf16"] = launches(count(sparse, 2, 8, 384, True).ops).total()
+    # the grouped dispatch's sort, gathers and scatter: 8 kernels more per block than the dense rewrite
+    assert kernels["fused_bf16"] < kernels["sparse_bf16"] < 0.5 * kernels["bf16"], kernels  # 906 of 1881
 
 
 @pytest.mark.parametrize("routing", ["random", "two_experts_empty"])
