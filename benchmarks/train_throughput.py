@@ -155,7 +155,9 @@ def main(argv=None) -> int:
     module._frozen_to_device()
     if args.compile:
         compile_blocks(module.dit)
-    opt = module.configure_optimizers()["optimizer"]
+    opt = module.configure_optimizers()["optimizer"]  # FusionModule's choice: the fused AdamW on CUDA
+    adamw_fused = bool(opt.defaults.get("fused"))
+    print(f"  AdamW: {'fused' if adamw_fused else 'torch default'}", flush=True)
     sync = (lambda: torch.cuda.synchronize(device)) if gpu else (lambda: None)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
@@ -253,7 +255,7 @@ def main(argv=None) -> int:
                 "codec": codec_label(cfg.codec),
                 "codec_layers_per_block": module.codec.layers_per_block,
                 "batch": bs, "crop": args.crop, "workers": workers, "bf16": bf16, "variant": args.variant,
-                "codec_bf16": args.codec_bf16, "channels_last": args.channels_last,
+                "codec_bf16": args.codec_bf16, "channels_last": args.channels_last, "adamw_fused": adamw_fused,
                 "images_per_s": {k: round(v, 2) for k, v in res.items()}, "limit": limit,
                 "codec_fast_paths_images_per_s": {k: round(v, 2) for k, v in codec_options.items()}})
 
