@@ -48,6 +48,9 @@ VIEWS = {"view", "_unsafe_view", "t", "transpose", "permute", "unsqueeze", "sque
 HOST = {"_record_function_enter_new", "_record_function_exit", "lift_fresh", "_local_scalar_dense", "device",
         "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
 
+# in-place operations that only write their destination (the others read it too)
+WRITE_ONLY = {"copy_", "_foreach_copy_", "fill_", "zero_", "_foreach_zero_", "index_copy_"}
+
 
 def nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
@@ -56,7 +59,7 @@ def nbytes(tensors) -> int:
 class OpCounter(TorchDispatchMode):
     """Operations by kind, and the bytes each kind's operations read and write: each distinct tensor an operation
     takes or returns once, and the ones it updates in place (AdamW's states, `add_`) once more, as they are read
-    and written. A view's bytes are counted where a kernel reads them."""
+    and written (a copy's destination only written). A view's bytes are counted where a kernel reads them."""
 
     def __init__(self):
         super().__init__()
@@ -70,7 +73,8 @@ class OpCounter(TorchDispatchMode):
         if name not in VIEWS | HOST:
             tensors = {id(t): t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)}
             named = dict(zip((a.name for a in func._schema.arguments), args), **(kwargs or {}))
-            updated = [named.get(a.name) for a in func._schema.arguments if a.alias_info and a.alias_info.is_write]
+            updated = [named.get(a.name) for a in func._schema.arguments
+                       if a.alias_info and a.alias_info.is_write and name not in WRITE_ONLY]
             self.bytes[name] += nbytes(tensors.values()) + nbytes(
                 t for t in tree_flatten(updated)[0] if isinstance(t, torch.Tensor))
         return out
@@ -89,13 +93,17 @@ def count(dit: FusionDiT, inputs: int, grid: int, text_dim: int, autocast: bool)
 
 
 def count_training_step(make_dit, inputs: int, grid: int, text_dim: int, autocast: bool, batch: int, train_cfg,
-                        fused_adamw: bool) -> dict[str, OpCounter]:
+                        fused_adamw: bool, cast_weights: bool) -> dict[str, OpCounter]:
     """Operations per phase of one training step as `mmaif train` takes it on a GPU (bf16-mixed forward, backward,
     gradient clipping, FusionModule's AdamW, fused or multi-tensor, the EMA update), after one step that creates
-    the optimizer state. `make_dit()` builds the DiT (twice: the model and its EMA)."""
+    the optimizer state. `make_dit()` builds the DiT (twice: the model and its EMA). `cast_weights`: the DiT runs
+    on one-cast bf16 copies of its matmul weights (lit/matmul_weights.py), as FusionModule trains it under bf16
+    autocast; else autocast casts each weight."""
     from mmaif_pl.lit.callbacks import update_ema
+    from mmaif_pl.lit.matmul_weights import CastMatmulWeights
 
     dit, ema = make_dit().train(), make_dit().requires_grad_(False)
+    denoiser = CastMatmulWeights(dit) if cast_weights and autocast else dit
     opt = make_adamw(dit, train_cfg, fused=True) if fused_adamw else make_adamw(dit, train_cfg, foreach=True)
     x = torch.randn(batch, dit.latent_channels * inputs, grid, grid)
     target = torch.randn(batch, dit.latent_channels, grid, grid)
@@ -105,7 +113,7 @@ def count_training_step(make_dit, inputs: int, grid: int, text_dim: int, autocas
     def forward():
         nonlocal loss
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            out, aux = dit(x, text, t)
+            out, aux = denoiser(x, text, t)
             loss = (out.float() - target).square().mean() + 0.01 * aux
 
     steps = {"forward": forward, "backward": lambda: loss.backward(),
@@ -153,6 +161,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=32, help="training batch (--train; the GPU preset's: 32)")
     p.add_argument("--foreach-adamw", action="store_true",
                    help="--train: torch's multi-tensor AdamW, as mmaif train ran on a GPU before the fused one")
+    p.add_argument("--per-weight-casts", action="store_true",
+                   help="--train: autocast casts each matmul weight (and each gradient back), as mmaif train did before "
+                        "its one multi-tensor cast per step")
     p.add_argument("--bandwidth", type=float, default=4.8,
                    help="memory bandwidth in TB/s for the memory floor (4.8 H200, 3.35 H100 SXM, 2.0 H100 PCIe)")
     p.add_argument("--top", type=int, default=10)
@@ -170,7 +181,7 @@ def main(argv=None) -> int:
 
         with FakeTensorMode():  # shapes and dtypes only: nothing is computed
             phases = count_training_step(make_dit, 2, args.grid, 384, not args.no_autocast, args.batch, cfg.train,
-                                         fused_adamw=not args.foreach_adamw)
+                                         fused_adamw=not args.foreach_adamw, cast_weights=not args.per_weight_casts)
         for name, counter in phases.items():
             kernels = launches(counter.ops)
             multi = sum(v for k, v in kernels.items() if k.startswith("_foreach") or k.startswith("_fused"))
@@ -186,7 +197,8 @@ def main(argv=None) -> int:
             step.ops.update(counter.ops)
             step.bytes.update(counter.bytes)
         adamw = "multi-tensor" if args.foreach_adamw else "fused"
-        print(f"training step (regression, batch {args.batch}, {adamw} AdamW): "
+        casts = "per-weight casts" if args.per_weight_casts else "one cast of the matmul weights"
+        print(f"training step (regression, batch {args.batch}, {casts}, {adamw} AdamW): "
               f"{launches(step.ops).total()} kernels, {traffic(step, args.bandwidth)}")
         return 0
     for variant, inputs, timestep in (("regression", 2, False), ("flow", 3, True)):

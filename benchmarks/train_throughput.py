@@ -214,8 +214,8 @@ def main(argv=None) -> int:
         update_ema(module.ema, module.dit, 0.999)
 
     def dit_step():
-        with amp:
-            latent, balance, _, _ = module.latent_loss(z_a, z_b, z_gt, cond, gen)
+        with amp:  # the DiT as compute_loss calls it in training (one cast of its matmul weights under bf16)
+            latent, balance, _, _ = module.latent_loss(z_a, z_b, z_gt, cond, gen, module.training_denoiser())
             loss = latent + cfg.model.balance_weight * balance
         optimize(loss)
 

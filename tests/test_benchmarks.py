@@ -66,11 +66,12 @@ def test_kernel_count_prints_both_variants():
 
 def test_kernel_count_of_a_training_step():
     """Per phase; the EMA update is one multi-tensor lerp, not one kernel per parameter; AdamW is fused (a few
-    launches, one pass over its tensors) unless asked for the multi-tensor one."""
+    launches, one pass over its tensors) and the matmul weights are cast in one multi-tensor copy, unless asked
+    for the step as it was (multi-tensor AdamW, autocast's cast of each weight and of each gradient)."""
     phases = {}
     for adamw in ("fused", "foreach"):
         out = run("kernel_count.py", "--preset", "tiny", "--grid", "8", "--train", "--batch", "4",
-                  *(["--foreach-adamw"] if adamw == "foreach" else []))
+                  *(["--foreach-adamw", "--per-weight-casts"] if adamw == "foreach" else []))
         rows = [line.split() for line in out.splitlines()
                 if line.split()[:1] in (["forward"], ["backward"], ["clip"], ["adamw"], ["ema"])]
         phases[adamw] = {r[0]: (int(r[1]), float(r[3])) for r in rows}  # kernels, GB
@@ -81,7 +82,9 @@ def test_kernel_count_of_a_training_step():
         assert int(total.group(1)) == sum(kernels.values())
     assert phases["fused"]["adamw"][0] <= 4 < phases["foreach"]["adamw"][0] < 30
     assert phases["fused"]["adamw"][1] < 0.5 * phases["foreach"]["adamw"][1]
-    assert phases["fused"]["forward"] == phases["foreach"]["forward"]
+    # the tiny preset's DiT has 170 matmul weights and biases: their casts each way become one multi-tensor copy
+    for phase in ("forward", "backward"):
+        assert phases["foreach"][phase][0] - phases["fused"][phase][0] > 150, phases
 
 
 def test_kernel_count_bytes_are_the_tensors_each_kernel_reads_and_writes():

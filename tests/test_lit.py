@@ -430,3 +430,101 @@ def test_fused_adamw_trains_under_bf16_mixed_with_lightnings_clipping(tmp_path, 
         runs[fused] = module
     assert len(norms) == 8 and all(n <= clip * (1 + 1e-3) for n in norms), norms
     assert_same_weights(runs[True], runs[False])
+
+
+@pytest.mark.parametrize("variant", ["regression", "flow"])
+def test_one_cast_of_the_matmul_weights_trains_the_same_bits_as_autocast(tmp_path, codec, text, monkeypatch, variant):
+    """bf16-mixed, as `mmaif train` runs on a GPU: the training DiT on bf16 copies of its matmul weights made in one
+    multi-tensor cast per step (lit/matmul_weights.py) against autocast casting each weight itself. 4 steps give
+    the same weights and optimizer state, bit for bit."""
+    from mmaif_pl.lit.fusion import FusionModule
+
+    runs = {}
+    for cast in (False, True):
+        monkeypatch.setattr(FusionModule, "cast_matmul_weights", cast)
+        cfg = cfg_for(tmp_path, f"train.variant={variant}", "train.max_steps=4", f"train.name={variant}_{cast}",
+                      "train.precision=bf16-mixed", "train.val_every=100")
+        module, trainer, _ = run_training(cfg, datamodule=TinyDM(), trainer_kwargs=QUIET, log=lambda *_: None)
+        runs[cast] = (weights(module), trainer.optimizers[0].state_dict()["state"])
+        assert (getattr(module, "_matmul_casts", None) is not None) == cast
+    (plain, plain_opt), (cast, cast_opt) = runs[False], runs[True]
+    assert plain.keys() == cast.keys() and all(torch.equal(plain[k], cast[k]) for k in plain)
+    assert all(torch.equal(plain_opt[i][k], cast_opt[i][k]) for i in plain_opt for k in plain_opt[i])
+
+
+def test_one_cast_of_the_matmul_weights_under_compiled_training(tmp_path, text, monkeypatch):
+    """`mmaif train --compile` under bf16-mixed: the compiled blocks run on the one-cast bf16 copies (functional_call
+    swaps them in) and train the bits of the per-weight casts (aot_eager: AOT autograd's graphs run eagerly)."""
+    from mmaif_pl.lit.fusion import FusionModule
+
+    runs = {}
+    try:
+        for cast in (False, True):
+            monkeypatch.setattr(FusionModule, "cast_matmul_weights", cast)
+            torch._dynamo.reset()
+            cfg = cfg_for(tmp_path, "train.max_steps=2", f"train.name=compiled_{cast}", "train.precision=bf16-mixed",
+                          "train.val_every=100")
+            module, _, _ = run_training(cfg, datamodule=TinyDM(), trainer_kwargs=QUIET, log=lambda *_: None,
+                                        compile_mode="default", compile_backend="aot_eager")
+            assert all(block._compiled_call_impl is not None for block in module.dit.blocks)
+            runs[cast] = weights(module)
+    finally:
+        torch._dynamo.reset()
+    assert all(torch.equal(runs[False][k], runs[True][k]) for k in runs[False])
+
+
+def test_cast_matmul_weights_gives_autocasts_gradients_and_leaves_unused_ones_none():
+    from mmaif_pl.lit.matmul_weights import CastMatmulWeights, matmul_parameters
+
+    class TwoLayers(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+            self.gain = torch.nn.Parameter(torch.ones(8))  # not a matmul weight: stays float32 in the forward
+
+        def forward(self, x):
+            return self.used(x) * self.gain
+
+    torch.manual_seed(0)
+    model, x = TwoLayers(), torch.randn(4, 8)
+    assert [n for n, _ in matmul_parameters(model)] == ["used.weight", "used.bias", "unused.weight", "unused.bias"]
+    grads = {}
+    for name, call in (("autocast", model), ("cast", CastMatmulWeights(model))):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = call(x)
+        out.float().square().sum().backward()
+        grads[name] = (out, {n: p.grad for n, p in model.named_parameters()})
+    (ref, ref_grads), (out, cast_grads) = grads["autocast"], grads["cast"]
+    assert torch.equal(out, ref) and out.dtype == ref.dtype
+    assert cast_grads["unused.weight"] is None and cast_grads["unused.bias"] is None
+    for n in ("used.weight", "used.bias", "gain"):
+        assert cast_grads[n].dtype == torch.float32 and torch.equal(cast_grads[n], ref_grads[n]), n
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the masters are untouched
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_one_cast_of_the_matmul_weights_on_the_gpu_matches_autocast():
+    """CUDA's autocast (its own op lists) against the one-cast copies, the flow DiT with every block part: the
+    same forward bits; gradients within the run-to-run noise of atomics (a bf16 rounding, 4e-3, would not pass)."""
+    from mmaif_pl.lit.matmul_weights import CastMatmulWeights
+    from mmaif_pl.models.dit import DiTSpec, FusionDiT
+
+    torch.manual_seed(0)
+    spec = DiTSpec.from_config(load([], ["model.preset=tiny"]).model)
+    dit = FusionDiT(16, 3, 384, spec, timestep=True).cuda()
+    for p in dit.parameters():  # random weights everywhere (zero-initialised layers would hide a wrong cast)
+        torch.nn.init.normal_(p, std=0.02)
+    x, text, t = torch.randn(2, 48, 16, 16, device="cuda"), torch.randn(2, 384, device="cuda"), torch.rand(2, device="cuda")
+    results = {}
+    for name, call in (("autocast", dit), ("cast", CastMatmulWeights(dit))):
+        dit.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out, aux = call(x, text, t)
+        (out.float().square().mean() + aux).backward()
+        results[name] = (out.detach(), {n: p.grad.clone() for n, p in dit.named_parameters() if p.grad is not None})
+    (ref, ref_grads), (out, grads) = results["autocast"], results["cast"]
+    assert torch.equal(out, ref)
+    assert grads.keys() == ref_grads.keys()
+    for n in ref_grads:
+        torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-6, msg=n)

@@ -26,6 +26,7 @@ from ..models.dit import DiTSpec, FusionDiT, ensemble_shifts, shift_ensemble
 from ..models.flow import LinearPath, LogitNormalTime, UniformTime, euler_sample
 from ..models.text import TextEncoder, to_device_async
 from .callbacks import ema_decay, log_for_progress_bar, update_ema
+from .matmul_weights import CastMatmulWeights, bf16_autocast_on
 
 CKPT_FORMAT = 1
 
@@ -184,8 +185,24 @@ class FusionModule(L.LightningModule):
         """The images `compute_loss` reads from a batch: the clean sources only for the pixel-space aux loss."""
         return ("a", "b", "target") + (("a_clean", "b_clean") if cfg.train.aux_weight > 0 else ())
 
+    # Under bf16 autocast the training DiT runs on bf16 copies of its matmul weights made in one multi-tensor cast
+    # (lit/matmul_weights.py): autocast's values, two kernel families per step instead of one cast per weight
+    # in the forward and one per gradient in the backward. False: autocast casts each weight itself.
+    cast_matmul_weights = True
+
+    def training_denoiser(self):
+        """The DiT as a training step calls it: on one-cast bf16 copies of its matmul weights under bf16 autocast."""
+        if not (self.cast_matmul_weights and bf16_autocast_on(self.device)):
+            return None
+        casts = getattr(self, "_matmul_casts", None)
+        if casts is None or casts.module is not self.dit:  # made once, at the first step: the DiT is on its device
+            casts = self._matmul_casts = CastMatmulWeights(self.dit)
+        return casts
+
     def compute_loss(self, batch: dict, generator: torch.Generator, model=None) -> dict:
         self._frozen_to_device()
+        if model is None and self.training:
+            model = self.training_denoiser()
         # the three images of a sample in one codec call (a larger batch; per-sample results are unchanged)
         z_a, z_b, z_gt = self.encode(torch.cat([batch["a"], batch["b"], batch["target"]])).chunk(3)
         cond = self.embed_text(batch["prompt"])
