@@ -12,7 +12,8 @@
 #   bash benchmarks/gpu_prepare.sh                 # here, once: missing wheels + MiniLM tokenizer -> .gpu_assets/
 #   device run: command "bash benchmarks/gpu_check.sh", carry [".gpu_assets"], timeout_s 600
 #   a subset: "ONLY='tests graphs throughput' DEADLINE=200 bash benchmarks/gpu_check.sh"
-#   (steps, in order: tests graphs sparse taesd unfused profile compile throughput data trainc eager big codec kl)
+#   (steps, in order: tests graphs sparse taesd unfused profile compile throughput data trainc traincg eager big codec
+#   kl)
 # Results in $OUT (or the folder given as $1; default gpu_check/): log.txt, latency_graphs.json, throughput.json,
 # latency.json, latency_4096.json, codec_psnr.json, latency_compiled.json (7 files, all small; the device tool
 # returns 8 at most; a latency JSON of a step stopped at its limit holds the rows it finished).
@@ -124,6 +125,11 @@ step data 30 $PY benchmarks/data_throughput.py --samples 200 --repeats 3
 
 # -- the same with the DiT's blocks compiled (regional torch.compile, forward and backward) ----------------------
 step trainc 150 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --compile "${TEXT[@]}"  # log only
+
+# -- the same with each compiled block's forward and backward replayed as CUDA graphs (reduce-overhead): the lever
+#    for a host-bound step, if inductor's CUDA-graph trees take Lightning's training loop; log only ---------------
+step traincg 150 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --compile reduce-overhead \
+  "${TEXT[@]}"
 
 # -- latency, eager (host-bound at batch 1 on an H200), with the classical baseline on the CPU ------------------
 step eager 120 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" "${LE[@]}" --codec-bf16 --json "$OUT/latency.json" "${TEXT[@]}"

@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from mmaif_pl import config  # noqa: E402
+from mmaif_pl.lit.commands import COMPILE_MODES  # noqa: E402
 
 
 def rate(fn, n_images: int, steps: int, warmup: int, sync) -> float:
@@ -97,8 +98,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, help="untimed steps per part (default: 5 GPU, 1 CPU)")
     p.add_argument("--root", help="dataset root with pairs of at least --crop pixels (default: a temporary one)")
     p.add_argument("--variant", default="regression", choices=["regression", "flow"])
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the DiT being trained, regionally (mmaif_pl.fuse.compile_blocks)")
+    p.add_argument("--compile", nargs="?", const="default", metavar="MODE", choices=COMPILE_MODES,
+                   help="torch.compile the DiT being trained, regionally (mmaif_pl.fuse.compile_blocks), in MODE "
+                        "(default: default; reduce-overhead: each block's graphs replayed as CUDA graphs)")
     p.add_argument("--codec-bf16", action="store_true",
                    help="the codec under bf16 autocast (GPU; mmaif train --codec-bf16)")
     p.add_argument("--channels-last", action="store_true",
@@ -154,7 +156,7 @@ def main(argv=None) -> int:
     module = module.to(device).train()
     module._frozen_to_device()
     if args.compile:
-        compile_blocks(module.dit)
+        compile_blocks(module.dit, mode=args.compile)
     opt = module.configure_optimizers()["optimizer"]  # FusionModule's choice: the fused AdamW on CUDA
     adamw_fused = bool(opt.defaults.get("fused"))
     print(f"  AdamW: {'fused' if adamw_fused else 'torch default'}", flush=True)
@@ -256,13 +258,14 @@ def main(argv=None) -> int:
                 "codec_layers_per_block": module.codec.layers_per_block,
                 "batch": bs, "crop": args.crop, "workers": workers, "bf16": bf16, "variant": args.variant,
                 "codec_bf16": args.codec_bf16, "channels_last": args.channels_last, "adamw_fused": adamw_fused,
+                "compile": args.compile,
                 "images_per_s": {k: round(v, 2) for k, v in res.items()}, "limit": limit,
                 "codec_fast_paths_images_per_s": {k: round(v, 2) for k, v in codec_options.items()}})
 
     save()
     del loader, batches, batch, images, z_a, z_b, z_gt  # the Trainer builds its own loader and model
     res["trainer"] = trainer_rate(cfg, module.codec, Path(tmp.name), steps, max(warmup, 1), sync,
-                                  compile_mode="default" if args.compile else None, codec_bf16=args.codec_bf16,
+                                  compile_mode=args.compile, codec_bf16=args.codec_bf16,
                                   channels_last=args.channels_last)
     print(f"mmaif train (Lightning's loop): {res['trainer']:.1f} images/s")
     save()

@@ -43,6 +43,7 @@ def test_train_throughput_names_the_limit(tmp_path):
               "--json", str(tmp_path / "t.json"), f"data.prepared={tmp_path / 'none'}")  # as on a fresh machine
     data = json.loads((tmp_path / "t.json").read_text())
     assert data["channels_last"] is True and data["codec_bf16"] is False and data["adamw_fused"] is False  # CPU
+    assert data["compile"] is None
     assert set(data["images_per_s"]) == {"data", "codec", "dit", "model", "train", "trainer"}
     assert re.search(r"mmaif train \(Lightning's loop\): [\d.]+ images/s", out)
     assert all(v > 0 for v in data["images_per_s"].values())
