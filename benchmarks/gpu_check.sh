@@ -124,7 +124,7 @@ step throughput 150 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "$
 step data 30 $PY benchmarks/data_throughput.py --samples 200 --repeats 3
 
 # -- the same with the DiT's blocks compiled (regional torch.compile, forward and backward) ----------------------
-step trainc 150 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --compile "${TEXT[@]}"  # log only
+step trainc 150 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --compile default "${TEXT[@]}"  # log only
 
 # -- the same with each compiled block's forward and backward replayed as CUDA graphs (reduce-overhead): the lever
 #    for a host-bound step, if inductor's CUDA-graph trees take Lightning's training loop; log only ---------------

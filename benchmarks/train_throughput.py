@@ -98,9 +98,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, help="untimed steps per part (default: 5 GPU, 1 CPU)")
     p.add_argument("--root", help="dataset root with pairs of at least --crop pixels (default: a temporary one)")
     p.add_argument("--variant", default="regression", choices=["regression", "flow"])
-    p.add_argument("--compile", nargs="?", const="default", metavar="MODE", choices=COMPILE_MODES,
-                   help="torch.compile the DiT being trained, regionally (mmaif_pl.fuse.compile_blocks), in MODE "
-                        "(default: default; reduce-overhead: each block's graphs replayed as CUDA graphs)")
+    p.add_argument("--compile", metavar="MODE", choices=COMPILE_MODES,
+                   help="torch.compile the DiT being trained, regionally (mmaif_pl.fuse.compile_blocks), as mmaif train "
+                        "--compile MODE does (reduce-overhead: each block's graphs replayed as CUDA graphs)")
     p.add_argument("--codec-bf16", action="store_true",
                    help="the codec under bf16 autocast (GPU; mmaif train --codec-bf16)")
     p.add_argument("--channels-last", action="store_true",
