@@ -16,6 +16,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import GradClipAlgorithmType
 from omegaconf import DictConfig, OmegaConf
 
@@ -191,8 +192,10 @@ class FusionModule(L.LightningModule):
     cast_matmul_weights = True
 
     def training_denoiser(self):
-        """The DiT as a training step calls it: on one-cast bf16 copies of its matmul weights under bf16 autocast."""
-        if not (self.cast_matmul_weights and bf16_autocast_on(self.device)):
+        """The DiT as a training step calls it: on one-cast bf16 copies of its matmul weights under bf16 autocast.
+        Not under a sharding strategy, whose flat parameters are not the layers' own (single device and DDP are)."""
+        sharded = self._trainer is not None and isinstance(self._trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
+        if not (self.cast_matmul_weights and bf16_autocast_on(self.device)) or sharded:
             return None
         casts = getattr(self, "_matmul_casts", None)
         if casts is None or casts.module is not self.dit:  # made once, at the first step: the DiT is on its device

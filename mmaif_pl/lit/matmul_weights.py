@@ -36,17 +36,17 @@ class CastToLowPrecision(torch.autograd.Function):
     @staticmethod
     def forward(ctx, dtype: torch.dtype, *masters: torch.Tensor):
         ctx.set_materialize_grads(False)
-        ctx.master_dtype = masters[0].dtype
+        ctx.master_dtypes = [m.dtype for m in masters]
         low = [torch.empty_like(m, dtype=dtype) for m in masters]
         torch._foreach_copy_(low, list(masters))  # CUDA: one multi-tensor kernel family, the cast included
         return tuple(low)
 
     @staticmethod
     def backward(ctx, *grads):
-        present = [g for g in grads if g is not None]
-        wide = [torch.empty_like(g, dtype=ctx.master_dtype) for g in present]
+        present = [(g, d) for g, d in zip(grads, ctx.master_dtypes) if g is not None]
+        wide = [torch.empty_like(g, dtype=d) for g, d in present]
         if present:
-            torch._foreach_copy_(wide, present)
+            torch._foreach_copy_(wide, [g for g, _ in present])
         wide = iter(wide)
         return (None, *(next(wide) if g is not None else None for g in grads))
 
