@@ -3,7 +3,7 @@
 # $DEADLINE s): the CUDA-graphs and rewrite tests, fusion latency (B preset, the GPU codec preset, bf16, CUDA
 # graphs, the DiT rewritten into fewer kernels), the same without the rewrite, a profile of it, the same with
 # torch.compile at 1024 px, training throughput of the B preset at 256 px (batch 128; eager, then
-# compiled), eager latency with the classical baseline, a 4096 px tiled pair's peak GPU memory, the codec's
+# compiled, then compiled with CUDA graphs), eager latency with the classical baseline, a 4096 px tiled pair's peak GPU memory, the codec's
 # reconstruction PSNR (the fast AutoencoderTiny preset, TAESD's layout with its full-resolution block, the
 # SD-sized AutoencoderKL, after the same short training) and the codecs' latency. Each step has a time limit; a
 # failed or skipped step does not stop the others; the most important ones run first.
