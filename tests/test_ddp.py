@@ -22,6 +22,9 @@ SCRIPT = textwrap.dedent("""
     from pathlib import Path
     from mmaif_pl.config import load
     from mmaif_pl.lit.commands import run_training
+    from mmaif_pl.lit.fusion import FusionModule
+
+    FusionModule.cast_matmul_weights = True  # as on CUDA: under bf16-mixed the one multi-tensor cast, else nothing
 
     root = Path(sys.argv[1])
     cfg = load([], [f"data.root={root / 'data'}", f"data.prepared={root / 'prepared'}", "data.crop=32",

@@ -447,6 +447,12 @@ def test_one_cast_of_the_matmul_weights_trains_the_same_bits_as_autocast(tmp_pat
         module, trainer, _ = run_training(cfg, datamodule=TinyDM(), trainer_kwargs=QUIET, log=lambda *_: None)
         runs[cast] = (weights(module), trainer.optimizers[0].state_dict()["state"])
         assert (getattr(module, "_matmul_casts", None) is not None) == cast
+    # left to choose, a CPU run keeps autocast's casts: torch copies between dtypes there one tensor at a time
+    monkeypatch.setattr(FusionModule, "cast_matmul_weights", None)
+    cfg = cfg_for(tmp_path, f"train.variant={variant}", "train.max_steps=1", f"train.name={variant}_auto",
+                  "train.precision=bf16-mixed", "train.val_every=100")
+    module, _, _ = run_training(cfg, datamodule=TinyDM(), trainer_kwargs=QUIET, log=lambda *_: None)
+    assert getattr(module, "_matmul_casts", None) is None
     (plain, plain_opt), (cast, cast_opt) = runs[False], runs[True]
     assert plain.keys() == cast.keys() and all(torch.equal(plain[k], cast[k]) for k in plain)
     assert all(torch.equal(plain_opt[i][k], cast_opt[i][k]) for i in plain_opt for k in plain_opt[i])

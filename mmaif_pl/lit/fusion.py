@@ -186,16 +186,19 @@ class FusionModule(L.LightningModule):
         """The images `compute_loss` reads from a batch: the clean sources only for the pixel-space aux loss."""
         return ("a", "b", "target") + (("a_clean", "b_clean") if cfg.train.aux_weight > 0 else ())
 
-    # Under bf16 autocast the training DiT runs on bf16 copies of its matmul weights made in one multi-tensor cast
-    # (lit/matmul_weights.py): autocast's values, two kernel families per step instead of one cast per weight
-    # in the forward and one per gradient in the backward. False: autocast casts each weight itself.
-    cast_matmul_weights = True
+    # Under bf16 autocast on CUDA the training DiT runs on bf16 copies of its matmul weights made in one multi-tensor
+    # cast (lit/matmul_weights.py): autocast's values, two kernel families per step instead of one cast per weight
+    # in the forward and one per gradient in the backward. None: on CUDA only (the CPU copies between dtypes one
+    # tensor at a time, and measured slower); True / False force it (the tests run it on the CPU).
+    cast_matmul_weights: Optional[bool] = None
 
     def training_denoiser(self):
         """The DiT as a training step calls it: on one-cast bf16 copies of its matmul weights under bf16 autocast.
         Not under a sharding strategy, whose flat parameters are not the layers' own (single device and DDP are)."""
-        sharded = self._trainer is not None and isinstance(self._trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
-        if not (self.cast_matmul_weights and bf16_autocast_on(self.device)) or sharded:
+        on = self.cast_matmul_weights if self.cast_matmul_weights is not None else self.device.type == "cuda"
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        sharded = isinstance(strategy, (FSDPStrategy, ModelParallelStrategy))
+        if not (on and bf16_autocast_on(self.device)) or sharded:
             return None
         casts = getattr(self, "_matmul_casts", None)
         if casts is None or casts.module is not self.dit:  # made once, at the first step: the DiT is on its device

@@ -12,6 +12,9 @@ rounding of the same float32 masters (autocast leaves a tensor that is already b
 gradients widened. So a training step gives the same bits (tests/test_lit.py). The parameters, the optimizer, the
 EMA and the checkpoints keep the float32 masters; only the kernels that cast them change. Which tensors: those
 `fuse.store_matmul_weights` stores in bf16 for inference, where the same argument is tested bit-exact.
+
+It pays on CUDA, whose multi-tensor copy casts between dtypes in one kernel family; the CPU's copies one tensor at
+a time, so there it only adds `functional_call`'s swap (docs/speed.md). FusionModule takes it on CUDA only.
 """
 from __future__ import annotations
 
