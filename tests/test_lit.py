@@ -507,6 +507,12 @@ def test_cast_matmul_weights_gives_autocasts_gradients_and_leaves_unused_ones_no
     for n in ("used.weight", "used.bias", "gain"):
         assert cast_grads[n].dtype == torch.float32 and torch.equal(cast_grads[n], ref_grads[n]), n
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the masters are untouched
+    # parameters replaced after the wrapper was made: it follows them, the gradients reach the new ones
+    call = CastMatmulWeights(model)
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        call(x).float().sum().backward()
+    assert model.used.weight.grad is not None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

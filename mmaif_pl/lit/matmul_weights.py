@@ -65,6 +65,8 @@ class CastMatmulWeights:
     def __call__(self, *args, **kwargs):
         if not self.masters:
             return self.module(*args, **kwargs)
+        if self.module.get_parameter(self.names[0]) is not self.masters[0]:  # replaced (load_state_dict(assign=True))
+            self.__init__(self.module, self.dtype)
         low = CastToLowPrecision.apply(self.dtype, *self.masters)
         return torch.func.functional_call(self.module, dict(zip(self.names, low)), args, kwargs)
 
