@@ -4,6 +4,7 @@
     python benchmarks/kernel_count.py --grid 128 --fused-blocks --bf16-weights     # a 1024 px pair, rewritten
     python benchmarks/kernel_count.py --preset tiny --no-autocast
     python benchmarks/kernel_count.py --train --batch 128          # one training step, per phase
+    python benchmarks/kernel_count.py --codec --grid 128           # the GPU preset's codec at 1024 px
 
 At batch 1 on a GPU the eager DiT is host-bound: its time follows the number of kernels it launches, not
 their size (docs/speed.md: 36 ms at 256 tokens, 48 ms at 4096 on an H200), and even a CUDA graph replays
@@ -130,6 +131,19 @@ def count_training_step(make_dit, inputs: int, grid: int, text_dim: int, autocas
     return phases
 
 
+def count_codec(codec, size: int, autocast: bool) -> dict[str, OpCounter]:
+    """Encoding a pair (one call, as FusionModule.encode_pair) and decoding one image at size x size; real or fake
+    tensors, as the caller runs it. `autocast`: bf16, as `mmaif fuse --codec-bf16` runs the codec on a GPU."""
+    pair = torch.rand(2, 3, size, size)
+    counters = {}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with OpCounter() as counters["encode"]:
+            z = codec.encode(pair)
+        with OpCounter() as counters["decode"]:
+            codec.decode(z[:1])
+    return counters
+
+
 def launches(ops: collections.Counter) -> collections.Counter:
     """The operations that launch a kernel: all but the views and the host-side bookkeeping."""
     return collections.Counter({k: v for k, v in ops.items() if k not in VIEWS | HOST})
@@ -143,6 +157,29 @@ def traffic(counter: OpCounter, bandwidth: float) -> str:
     """'X GB = Y ms': the bytes the kernels move, and the time at `bandwidth` TB/s."""
     gb = counter.bytes.total() / 1e9
     return f"{gb:,.2f} GB = {gb / bandwidth:,.2f} ms at {bandwidth:g} TB/s"
+
+
+def print_codec(args) -> int:
+    from latency import codec_label, random_basis
+
+    from mmaif_pl.models.codec import LatentCodec
+
+    cfg = config.load([str(REPO / "experiments/base.yaml"), str(REPO / "experiments/scale/gpu.yaml")], args.overrides)
+    codec = LatentCodec.from_config(cfg.codec).eval()  # built for real, run on fake inputs
+    random_basis(codec)
+    if args.bf16_weights and codec.ae is not None:  # as accelerate stores them with --codec-bf16 on a GPU
+        store_matmul_weights(codec.ae)
+    size = args.grid * codec.factor
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        counters = count_codec(codec, size, not args.no_autocast)
+    print(f"codec {codec_label(cfg.codec)} (layers per block {codec.layers_per_block}), {size} px, "
+          f"{'float32' if args.no_autocast else 'bf16 autocast'}{', bf16 weights' if args.bf16_weights else ''}")
+    for name, counter in counters.items():
+        kernels = launches(counter.ops)
+        top = ", ".join(f"{k} {v}" for k, v in kernels.most_common(args.top))
+        print(f"{name:<7} {kernels.total():>5} kernels, {traffic(counter, args.bandwidth)}; {top}")
+        print(f"{'':<7} GB by kind: {most_bytes(counter, args.top)}")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -164,11 +201,16 @@ def main(argv=None) -> int:
     p.add_argument("--per-weight-casts", action="store_true",
                    help="--train: autocast casts each matmul weight (and each gradient back), as mmaif train did before "
                         "its one multi-tensor cast per step")
+    p.add_argument("--codec", action="store_true",
+                   help="the GPU preset's codec instead (experiments/scale/gpu.yaml; overrides: codec.*): encoding a "
+                        "pair and decoding one, at grid x factor pixels")
     p.add_argument("--bandwidth", type=float, default=4.8,
                    help="memory bandwidth in TB/s for the memory floor (4.8 H200, 3.35 H100 SXM, 2.0 H100 PCIe)")
     p.add_argument("--top", type=int, default=10)
     p.add_argument("overrides", nargs="*", help="model.* overrides, e.g. model.moe=false")
     args = p.parse_args(argv)
+    if args.codec:
+        return print_codec(args)
     cfg = config.load([], [f"model.preset={args.preset}", *args.overrides])
     spec = DiTSpec.from_config(cfg.model)
     print(f"preset {args.preset} ({spec.hidden} x {spec.depth}, {spec.heads} heads), {args.grid} x {args.grid} "

@@ -104,7 +104,8 @@ def accelerate(module, compile_mode: Optional[str] = None, backend: str = "induc
     decoder (in place, `nn.Module.compile`; `compile_mode` e.g. "default", "max-autotune"), CUDA graphs of
     the denoiser and codec (`cuda_graphs`: one capture per image size, of the eager or the compiled code),
     bf16 storage of the denoiser's matmul weights (`bf16_weights`: bit-exact under bf16 autocast, which the
-    caller must run it under; see `store_matmul_weights`), the denoiser rewritten into fewer kernels
+    caller must run it under; see `store_matmul_weights`; with `codec_bf16` on a GPU, the learned codec's too),
+    the denoiser rewritten into fewer kernels
     (`fused_blocks`: mmaif_pl/fused_blocks.py, the same function up to float rounding; `sparse_moe`: the same
     rewrite with only the routed experts computed, implies `fused_blocks`), channels-last memory
     for the codec's convolutions, and bf16 autocast for a learned codec on GPU. All are off by default; each
@@ -123,6 +124,8 @@ def accelerate(module, compile_mode: Optional[str] = None, backend: str = "induc
         fuse_blocks(module.ema, sparse_moe=sparse_moe)
     if bf16_weights:  # before compiling or capturing, which would bake in the casts of float32 weights
         store_matmul_weights(module.ema)
+        if codec_bf16 and ae is not None and module.device.type == "cuda":  # the codec's autocast is CUDA's only
+            store_matmul_weights(ae)
     if compile_mode:
         mode = None if compile_mode == "default" else compile_mode
         compile_blocks(module.ema, backend, mode)
@@ -301,8 +304,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default | reduce-overhead | max-autotune); pays on GPU for many pairs of one size")
     p.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs of the DiT and the codec (GPU; "
                    "one capture per image size, with or without --compile): removes the launch overhead of batch 1")
-    p.add_argument("--bf16-weights", action="store_true", help="keep the DiT's matmul weights in bf16 (GPU): the "
-                   "same output bits under the GPU's bf16 autocast, without casting them on every call")
+    p.add_argument("--bf16-weights", action="store_true", help="keep the DiT's matmul weights in bf16 (GPU), and "
+                   "a learned codec's with --codec-bf16: the same output bits under the GPU's bf16 autocast, without "
+                   "casting them on every call")
     p.add_argument("--fused-blocks", action="store_true", help="rewrite the DiT's MoE, attention and NAFBlocks "
                    "into fewer, larger kernels from the same weights (2.3x fewer per B forward; the same output "
                    "up to float rounding)")

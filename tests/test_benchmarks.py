@@ -88,6 +88,20 @@ def test_kernel_count_of_a_training_step():
         assert phases["foreach"][phase][0] - phases["fused"][phase][0] > 150, phases
 
 
+def test_kernel_count_of_the_codec():
+    """The GPU preset's codec: encoding a pair and decoding one, kernels and bytes; with its weights stored in bf16
+    (accelerate's --codec-bf16 --bf16-weights) autocast's weight casts go, the bytes barely move."""
+    parts = {}
+    for weights in ("float32", "bf16"):
+        out = run("kernel_count.py", "--codec", "--grid", "8", *(["--bf16-weights"] if weights == "bf16" else []))
+        assert "codec tiny f8x16" in out and "64 px" in out
+        parts[weights] = {line.split()[0]: (int(line.split()[1]), float(line.split()[3]))
+                          for line in out.splitlines() if line.split()[:1] in (["encode"], ["decode"])}
+    for part in ("encode", "decode"):
+        (k32, gb32), (k16, gb16) = parts["float32"][part], parts["bf16"][part]
+        assert k32 - k16 > 50 and k16 > 50 and gb16 <= gb32, parts  # 32 convolutions: 61 weight and bias casts
+
+
 def test_kernel_count_bytes_are_the_tensors_each_kernel_reads_and_writes():
     """A GEMM moves its operands and its result, an in-place update reads and writes its tensor, a view moves
     nothing; fake tensors (how the script runs a B model at any size) count what real ones do."""

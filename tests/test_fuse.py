@@ -284,6 +284,45 @@ def test_bf16_weights_give_the_same_bits_under_bf16_autocast(text, variant):
     np.testing.assert_array_equal(out, ref)
 
 
+def test_codec_bf16_weights_give_the_same_bits_under_bf16_autocast(text):
+    """With `--codec-bf16 --bf16-weights` on a GPU the learned codec's Linear/Conv2d weights are stored in bf16 too,
+    as autocast casts them on every call: the same encode and decode, bit for bit (CPU autocast here). `accelerate`
+    does it on a GPU only, where the codec runs under autocast."""
+    from mmaif_pl.fuse import store_matmul_weights
+
+    m = small_fusion_module(SMALL, text, codec="tiny")
+    randomize(m.codec.ae)  # the residual head starts at zero: random values make every layer count
+    a, b = photo_pair(64)
+    x = torch.from_numpy(np.stack([a, b])).permute(0, 3, 1, 2).float()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref_z = m.codec.encode(x)
+        ref = m.codec.decode(ref_z)
+    accelerate(m, codec_bf16=True, bf16_weights=True)
+    assert all(p.dtype == torch.float32 for p in m.codec.parameters())  # on the CPU the codec has no autocast
+    store_matmul_weights(m.codec.ae)
+    assert all(c.weight.dtype == torch.bfloat16 for c in m.codec.ae.modules() if isinstance(c, torch.nn.Conv2d))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        z = m.codec.encode(x)
+        out = m.codec.decode(z)
+    assert torch.equal(z, ref_z) and torch.equal(out, ref)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_codec_bf16_weights_on_the_gpu_give_codec_bf16s_fusion(text):
+    """`--codec-bf16 --bf16-weights` on a GPU: the codec's weights in bf16, the fused image that of `--codec-bf16`."""
+    import copy
+
+    m = small_fusion_module(SMALL, text, codec="tiny")
+    randomize(m.codec.ae)
+    a, b = photo_pair(128)
+    ref = Fuser(copy.deepcopy(m), device="cuda", tile=0, codec_bf16=True)(a, b)
+    fuser = Fuser(copy.deepcopy(m), device="cuda", tile=0, codec_bf16=True, bf16_weights=True)
+    out = fuser(a, b)
+    convs = [c.weight for c in fuser.module.codec.ae.modules() if isinstance(c, torch.nn.Conv2d)]
+    assert convs and all(w.dtype == torch.bfloat16 for w in convs)
+    np.testing.assert_array_equal(out, ref)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_tiles_are_cut_and_blended_on_the_gpu(module):
     """On a GPU the sources go over once, every tile is cut and blended there, the fused image comes back once;
