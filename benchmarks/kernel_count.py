@@ -207,7 +207,7 @@ def main(argv=None) -> int:
     p.add_argument("--bandwidth", type=float, default=4.8,
                    help="memory bandwidth in TB/s for the memory floor (4.8 H200, 3.35 H100 SXM, 2.0 H100 PCIe)")
     p.add_argument("--top", type=int, default=10)
-    p.add_argument("overrides", nargs="*", help="model.* overrides, e.g. model.moe=false")
+    p.add_argument("overrides", nargs="*", help="model.* overrides, e.g. model.moe=false (codec.* with --codec)")
     args = p.parse_args(argv)
     if args.codec:
         return print_codec(args)
