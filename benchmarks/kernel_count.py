@@ -149,14 +149,20 @@ def launches(ops: collections.Counter) -> collections.Counter:
     return collections.Counter({k: v for k, v in ops.items() if k not in VIEWS | HOST})
 
 
-def most_bytes(counter: OpCounter, top: int) -> str:
-    return ", ".join(f"{k} {v / 1e9:,.2f}" for k, v in counter.bytes.most_common(top))
-
-
 def traffic(counter: OpCounter, bandwidth: float) -> str:
     """'X GB = Y ms': the bytes the kernels move, and the time at `bandwidth` TB/s."""
     gb = counter.bytes.total() / 1e9
     return f"{gb:,.2f} GB = {gb / bandwidth:,.2f} ms at {bandwidth:g} TB/s"
+
+
+def print_counter(name: str, counter: OpCounter, args, width: int, aside: str = "", notes: str = "") -> None:
+    """A counted call's line: its kernels, the bytes they move and their time at --bandwidth, the most frequent
+    kinds; then the kinds that move the most bytes."""
+    kernels = launches(counter.ops)
+    top = ", ".join(f"{k} {v}" for k, v in kernels.most_common(args.top))
+    print(f"{name:<{width}} {kernels.total():>5} kernels{aside}, {traffic(counter, args.bandwidth)}{notes}; {top}")
+    heaviest = ", ".join(f"{k} {v / 1e9:,.2f}" for k, v in counter.bytes.most_common(args.top))
+    print(f"{'':<{width}} GB by kind: {heaviest}")
 
 
 def print_codec(args) -> int:
@@ -175,10 +181,7 @@ def print_codec(args) -> int:
     print(f"codec {codec_label(cfg.codec)} (layers per block {codec.layers_per_block}), {size} px, "
           f"{'float32' if args.no_autocast else 'bf16 autocast'}{', bf16 weights' if args.bf16_weights else ''}")
     for name, counter in counters.items():
-        kernels = launches(counter.ops)
-        top = ", ".join(f"{k} {v}" for k, v in kernels.most_common(args.top))
-        print(f"{name:<7} {kernels.total():>5} kernels, {traffic(counter, args.bandwidth)}; {top}")
-        print(f"{'':<7} GB by kind: {most_bytes(counter, args.top)}")
+        print_counter(name, counter, args, 7)
     return 0
 
 
@@ -199,8 +202,8 @@ def main(argv=None) -> int:
     p.add_argument("--foreach-adamw", action="store_true",
                    help="--train: torch's multi-tensor AdamW, as mmaif train ran on a GPU before the fused one")
     p.add_argument("--per-weight-casts", action="store_true",
-                   help="--train: autocast casts each matmul weight (and each gradient back), as mmaif train did before "
-                        "its one multi-tensor cast per step")
+                   help="--train: autocast casts each matmul weight (and each gradient back), as mmaif train did "
+                        "before its one multi-tensor cast per step")
     p.add_argument("--codec", action="store_true",
                    help="the GPU preset's codec instead (experiments/scale/gpu.yaml; overrides: codec.*): encoding a "
                         "pair and decoding one, at grid x factor pixels")
@@ -225,15 +228,11 @@ def main(argv=None) -> int:
             phases = count_training_step(make_dit, 2, args.grid, 384, not args.no_autocast, args.batch, cfg.train,
                                          fused_adamw=not args.foreach_adamw, cast_weights=not args.per_weight_casts)
         for name, counter in phases.items():
-            kernels = launches(counter.ops)
-            multi = sum(v for k, v in kernels.items() if k.startswith("_foreach") or k.startswith("_fused"))
+            multi = sum(v for k, v in launches(counter.ops).items() if k.startswith(("_foreach", "_fused")))
             notes = [f"{multi} of them multi-tensor: a few kernels each on a GPU"] if multi else []
             reads = counter.ops["_local_scalar_dense"]
             notes += [f"{reads} host-side scalar reads"] if reads else []
-            top = ", ".join(f"{k} {v}" for k, v in kernels.most_common(args.top))
-            notes = f" ({'; '.join(notes)})" if notes else ""
-            print(f"{name:<9} {kernels.total():>5} kernels, {counter.bytes.total() / 1e9:7.2f} GB{notes}; {top}")
-            print(f"{'':<9} GB by kind: {most_bytes(counter, args.top)}")
+            print_counter(name, counter, args, 9, notes=f" ({'; '.join(notes)})" if notes else "")
         step = OpCounter()
         for counter in phases.values():
             step.ops.update(counter.ops)
@@ -252,11 +251,7 @@ def main(argv=None) -> int:
             store_matmul_weights(dit)
         with FakeTensorMode(allow_non_fake_inputs=True):
             counter = count(dit, inputs, args.grid, 384, not args.no_autocast)
-        kernels = launches(counter.ops)
-        top = ", ".join(f"{k} {v}" for k, v in kernels.most_common(args.top))
-        print(f"{variant:<11} {kernels.total():>5} kernels ({counter.ops.total()} aten ops with views), "
-              f"{traffic(counter, args.bandwidth)}; {top}")
-        print(f"{'':<11} GB by kind: {most_bytes(counter, args.top)}")
+        print_counter(variant, counter, args, 11, aside=f" ({counter.ops.total()} aten ops with views)")
     return 0
 
 
