@@ -81,9 +81,10 @@ def store_matmul_weights(module: torch.nn.Module, dtype: torch.dtype = torch.bfl
     every other parameter stays float32. Without that autocast the layers would get float32 inputs: only
     for inference under it."""
     from .fused_blocks import GroupedLinear  # the stacked experts of `--sparse-moe`: Linear layers too
+    from .lit.matmul_weights import MATMUL_LAYERS  # the tensors training casts once per step
 
     for m in module.modules():
-        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, GroupedLinear)):
+        if isinstance(m, (*MATMUL_LAYERS, GroupedLinear)):
             m.to(dtype)
 
 

@@ -22,11 +22,15 @@ import torch
 from torch import nn
 
 
+# The layers whose weight and bias bf16 autocast casts on every call (fuse.store_matmul_weights stores the same ones)
+MATMUL_LAYERS = (nn.Linear, nn.Conv2d)
+
+
 def matmul_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """The trainable weights and biases of `module`'s Linear and Conv2d layers, by name."""
+    """The trainable weights and biases of `module`'s matmul layers (MATMUL_LAYERS), by name."""
     out = []
     for prefix, m in module.named_modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
+        if isinstance(m, MATMUL_LAYERS):
             out += [(f"{prefix}.{n}" if prefix else n, p) for n, p in m.named_parameters(recurse=False)
                     if p.requires_grad]
     return out
