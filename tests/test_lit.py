@@ -405,12 +405,20 @@ def test_fused_adamw_is_chosen_on_cuda_without_a_grad_scaler():
     assert not use_fused_adamw(torch.device("cpu"), None)  # the CPU runs keep torch's default
 
 
+def train_bf16_mixed(tmp_path, monkeypatch, switch: str, value, *over, trainer_kwargs=QUIET, **kwargs):
+    """`run_training` under bf16-mixed on the CPU (as a GPU run trains), with FusionModule's class-level switch set
+    to `value` for the run."""
+    from mmaif_pl.lit.fusion import FusionModule
+
+    monkeypatch.setattr(FusionModule, switch, value)
+    cfg = cfg_for(tmp_path, "train.precision=bf16-mixed", *over)
+    return run_training(cfg, datamodule=TinyDM(), trainer_kwargs=trainer_kwargs, log=lambda *_: None, **kwargs)
+
+
 def test_fused_adamw_trains_under_bf16_mixed_with_lightnings_clipping(tmp_path, codec, text, monkeypatch):
     """The fused AdamW as `mmaif train` takes it on a GPU (bf16-mixed, gradient clipping on), run here on the CPU:
     Lightning's mixed-precision plugin refuses to clip for it, so the module clips itself, by norm, before the
     step; 4 steps give the weights of the default AdamW within float tolerance."""
-    from mmaif_pl.lit.fusion import FusionModule
-
     clip = 1e-3  # far below these gradients' norms: every step clips
     norms = []
 
@@ -421,11 +429,9 @@ def test_fused_adamw_trains_under_bf16_mixed_with_lightnings_clipping(tmp_path, 
 
     runs = {}
     for fused in (False, True):
-        monkeypatch.setattr(FusionModule, "fused_adamw", fused)
-        cfg = cfg_for(tmp_path, "train.max_steps=4", f"train.name=fused_{fused}", "train.precision=bf16-mixed",
-                      f"train.grad_clip={clip}")
-        module, trainer, _ = run_training(cfg, datamodule=TinyDM(), log=lambda *_: None,
-                                          trainer_kwargs={**QUIET, "callbacks": [RecordClippedNorms()]})
+        module, trainer, _ = train_bf16_mixed(tmp_path, monkeypatch, "fused_adamw", fused, "train.max_steps=4",
+                                              f"train.name=fused_{fused}", f"train.grad_clip={clip}",
+                                              trainer_kwargs={**QUIET, "callbacks": [RecordClippedNorms()]})
         assert trainer.optimizers[0].defaults["fused"] is (True if fused else None)
         runs[fused] = module
     assert len(norms) == 8 and all(n <= clip * (1 + 1e-3) for n in norms), norms
@@ -437,21 +443,16 @@ def test_one_cast_of_the_matmul_weights_trains_the_same_bits_as_autocast(tmp_pat
     """bf16-mixed, as `mmaif train` runs on a GPU: the training DiT on bf16 copies of its matmul weights made in one
     multi-tensor cast per step (lit/matmul_weights.py) against autocast casting each weight itself. 4 steps give
     the same weights and optimizer state, bit for bit."""
-    from mmaif_pl.lit.fusion import FusionModule
-
     runs = {}
     for cast in (False, True):
-        monkeypatch.setattr(FusionModule, "cast_matmul_weights", cast)
-        cfg = cfg_for(tmp_path, f"train.variant={variant}", "train.max_steps=4", f"train.name={variant}_{cast}",
-                      "train.precision=bf16-mixed", "train.val_every=100")
-        module, trainer, _ = run_training(cfg, datamodule=TinyDM(), trainer_kwargs=QUIET, log=lambda *_: None)
+        module, trainer, _ = train_bf16_mixed(tmp_path, monkeypatch, "cast_matmul_weights", cast,
+                                              f"train.variant={variant}", "train.max_steps=4",
+                                              f"train.name={variant}_{cast}", "train.val_every=100")
         runs[cast] = (weights(module), trainer.optimizers[0].state_dict()["state"])
         assert (getattr(module, "_matmul_casts", None) is not None) == cast
     # left to choose, a CPU run keeps autocast's casts: torch copies between dtypes there one tensor at a time
-    monkeypatch.setattr(FusionModule, "cast_matmul_weights", None)
-    cfg = cfg_for(tmp_path, f"train.variant={variant}", "train.max_steps=1", f"train.name={variant}_auto",
-                  "train.precision=bf16-mixed", "train.val_every=100")
-    module, _, _ = run_training(cfg, datamodule=TinyDM(), trainer_kwargs=QUIET, log=lambda *_: None)
+    module, _, _ = train_bf16_mixed(tmp_path, monkeypatch, "cast_matmul_weights", None, f"train.variant={variant}",
+                                    "train.max_steps=1", f"train.name={variant}_auto", "train.val_every=100")
     assert getattr(module, "_matmul_casts", None) is None
     (plain, plain_opt), (cast, cast_opt) = runs[False], runs[True]
     assert plain.keys() == cast.keys() and all(torch.equal(plain[k], cast[k]) for k in plain)
@@ -461,17 +462,13 @@ def test_one_cast_of_the_matmul_weights_trains_the_same_bits_as_autocast(tmp_pat
 def test_one_cast_of_the_matmul_weights_under_compiled_training(tmp_path, text, monkeypatch):
     """`mmaif train --compile` under bf16-mixed: the compiled blocks run on the one-cast bf16 copies (functional_call
     swaps them in) and train the bits of the per-weight casts (aot_eager: AOT autograd's graphs run eagerly)."""
-    from mmaif_pl.lit.fusion import FusionModule
-
     runs = {}
     try:
         for cast in (False, True):
-            monkeypatch.setattr(FusionModule, "cast_matmul_weights", cast)
             torch._dynamo.reset()
-            cfg = cfg_for(tmp_path, "train.max_steps=2", f"train.name=compiled_{cast}", "train.precision=bf16-mixed",
-                          "train.val_every=100")
-            module, _, _ = run_training(cfg, datamodule=TinyDM(), trainer_kwargs=QUIET, log=lambda *_: None,
-                                        compile_mode="default", compile_backend="aot_eager")
+            module, _, _ = train_bf16_mixed(tmp_path, monkeypatch, "cast_matmul_weights", cast, "train.max_steps=2",
+                                            f"train.name=compiled_{cast}", "train.val_every=100",
+                                            compile_mode="default", compile_backend="aot_eager")
             assert all(block._compiled_call_impl is not None for block in module.dit.blocks)
             runs[cast] = weights(module)
     finally:
@@ -527,7 +524,8 @@ def test_one_cast_of_the_matmul_weights_on_the_gpu_matches_autocast():
     dit = FusionDiT(16, 3, 384, spec, timestep=True).cuda()
     for p in dit.parameters():  # random weights everywhere (zero-initialised layers would hide a wrong cast)
         torch.nn.init.normal_(p, std=0.02)
-    x, text, t = torch.randn(2, 48, 16, 16, device="cuda"), torch.randn(2, 384, device="cuda"), torch.rand(2, device="cuda")
+    x, text = torch.randn(2, 48, 16, 16, device="cuda"), torch.randn(2, 384, device="cuda")
+    t = torch.rand(2, device="cuda")
     results = {}
     for name, call in (("autocast", dit), ("cast", CastMatmulWeights(dit))):
         dit.zero_grad(set_to_none=True)
