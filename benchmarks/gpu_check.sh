@@ -12,7 +12,7 @@
 #   bash benchmarks/gpu_prepare.sh                 # here, once: missing wheels + MiniLM tokenizer -> .gpu_assets/
 #   device run: command "bash benchmarks/gpu_check.sh", carry [".gpu_assets"], timeout_s 600
 #   a subset: "ONLY='tests graphs throughput' DEADLINE=200 bash benchmarks/gpu_check.sh"
-#   (steps, in order: tests graphs sparse taesd unfused profile compile throughput data trainc traincg eager big codec
+#   (steps, in order: tests graphs sparse bf16dit taesd unfused profile compile throughput data trainc traincg eager big codec
 #   kl)
 # Results in $OUT (or the folder given as $1; default gpu_check/): log.txt, latency_graphs.json, throughput.json,
 # latency.json, latency_4096.json, codec_psnr.json, latency_compiled.json (7 files, all small; the device tool
@@ -77,7 +77,8 @@ fi
 
 # -- tests: CUDA graphs and the rewrite give eager's fused images, tiles are blended on the GPU, the bf16 codec ------
 [[ -n ${TEXT[*]} ]] && export MMAIF_TEST_TEXT_ENCODER=${TEXT[0]#text.encoder=}
-step tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_fused_blocks.py \
+step tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py \
+  tests/test_fused_blocks.py::test_rewrite_under_cuda_graphs_and_bf16_weights \
   tests/test_fuse.py::test_tiles_are_cut_and_blended_on_the_gpu \
   tests/test_fuse.py::test_codec_bf16_on_the_gpu_stays_close_to_float32 \
   tests/test_fuse.py::test_codec_bf16_weights_on_the_gpu_give_codec_bf16s_fusion \
@@ -93,6 +94,11 @@ step graphs 90 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${G[@
 # -- the same at 1024 px with the sparse MoE (mmaif fuse --sparse-moe: the top-k experts and the shared one only, in
 #    bf16 grouped GEMMs; 15% fewer DiT FLOPs, about 110 more kernels per forward); log only
 step sparse 45 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${G[@]}" --sparse-moe --size $S1 --steps 4 \
+  --no-baseline "${TEXT[@]}"
+
+# -- the same at 1024 px with the whole DiT stored and run in bf16 (mmaif fuse --bf16-dit: no autocast casts, the
+#    residual stream in bf16; 713 instead of 798 kernels and 12.8 instead of 16.3 GB per forward); log only
+step bf16dit 45 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${G[@]}" --bf16-dit --size $S1 --steps 4 \
   --no-baseline "${TEXT[@]}"
 
 # -- the 1024 px row with TAESD's layout (one block at full resolution, which the preset drops): the codec's

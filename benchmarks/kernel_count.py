@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mmaif_pl import config  # noqa: E402
-from mmaif_pl.fuse import store_matmul_weights  # noqa: E402
+from mmaif_pl.fuse import run_in_bf16, store_matmul_weights  # noqa: E402
 from mmaif_pl.fused_blocks import fuse_blocks  # noqa: E402
 from mmaif_pl.lit.fusion import make_adamw  # noqa: E402
 from mmaif_pl.models.dit import DiTSpec, FusionDiT  # noqa: E402
@@ -192,6 +192,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-autocast", action="store_true", help="float32, without bf16 autocast's casts")
     p.add_argument("--bf16-weights", action="store_true",
                    help="Linear/Conv2d weights stored in bf16 (mmaif fuse --bf16-weights): autocast's casts of them go")
+    p.add_argument("--bf16-dit", action="store_true",
+                   help="the whole DiT stored and run in bf16 without autocast (mmaif fuse --bf16-dit)")
     p.add_argument("--fused-blocks", action="store_true",
                    help="the sampling rewrite of mmaif fuse --fused-blocks (mmaif_pl/fused_blocks.py)")
     p.add_argument("--sparse-moe", action="store_true",
@@ -216,8 +218,10 @@ def main(argv=None) -> int:
         return print_codec(args)
     cfg = config.load([], [f"model.preset={args.preset}", *args.overrides])
     spec = DiTSpec.from_config(cfg.model)
+    precision = "the whole DiT in bf16, no autocast" if args.bf16_dit else \
+        "float32" if args.no_autocast else "bf16 autocast"
     print(f"preset {args.preset} ({spec.hidden} x {spec.depth}, {spec.heads} heads), {args.grid} x {args.grid} "
-          f"latent, {'float32' if args.no_autocast else 'bf16 autocast'}{', bf16 weights' if args.bf16_weights else ''}"
+          f"latent, {precision}{', bf16 weights' if args.bf16_weights and not args.bf16_dit else ''}"
           f"{', fused blocks' if args.fused_blocks or args.sparse_moe else ''}"
           f"{', sparse MoE' if args.sparse_moe else ''}")
     if args.train:
@@ -247,7 +251,9 @@ def main(argv=None) -> int:
         dit = FusionDiT(cfg.codec.channels, inputs, 384, spec, timestep=timestep).eval().requires_grad_(False)
         if args.fused_blocks or args.sparse_moe:  # before storing weights in bf16, as mmaif_pl.fuse.accelerate does
             fuse_blocks(dit, sparse_moe=args.sparse_moe)
-        if args.bf16_weights:
+        if args.bf16_dit:
+            run_in_bf16(dit)
+        elif args.bf16_weights:
             store_matmul_weights(dit)
         with FakeTensorMode(allow_non_fake_inputs=True):
             counter = count(dit, inputs, args.grid, 384, not args.no_autocast)

@@ -249,6 +249,8 @@ def main(argv=None) -> int:
     p.add_argument("--compile", metavar="MODE", help="torch.compile (default | reduce-overhead | max-autotune)")
     p.add_argument("--cuda-graphs", action="store_true", help="CUDA graphs of the eager DiT and codec (GPU)")
     p.add_argument("--bf16-weights", action="store_true", help="the DiT's matmul weights stored in bf16 (GPU bf16)")
+    p.add_argument("--bf16-dit", action="store_true",
+                   help="the whole DiT stored and run in bf16, without autocast (mmaif fuse --bf16-dit)")
     p.add_argument("--fused-blocks", action="store_true",
                    help="the DiT rewritten into fewer kernels (mmaif fuse --fused-blocks, mmaif_pl/fused_blocks.py)")
     p.add_argument("--sparse-moe", action="store_true",
@@ -270,7 +272,7 @@ def main(argv=None) -> int:
     gpu = device.type == "cuda"
     if args.bf16_weights and not (gpu and not args.no_bf16):
         p.error("--bf16-weights needs the DiT under bf16 autocast: a CUDA device, without --no-bf16")
-    if args.sparse_moe and gpu and args.no_bf16:
+    if args.sparse_moe and gpu and args.no_bf16 and not args.bf16_dit:
         p.error("--sparse-moe on a GPU needs the DiT under bf16 autocast (CUDA's grouped GEMM is bf16 only)")
     if args.threads:  # on a busy machine, 1 thread avoids OpenMP threads spinning at barriers for a descheduled peer
         import cv2
@@ -294,7 +296,7 @@ def main(argv=None) -> int:
         module = module.to(device)
         accelerate(module, args.compile, channels_last=args.channels_last, codec_bf16=args.codec_bf16,
                    cuda_graphs=args.cuda_graphs, bf16_weights=args.bf16_weights, fused_blocks=args.fused_blocks,
-                   sparse_moe=args.sparse_moe)
+                   sparse_moe=args.sparse_moe, bf16_dit=args.bf16_dit)
         fuser = Fuser(module, device=str(device), tile=tile, overlap=args.overlap, bf16=gpu and not args.no_bf16,
                       patch_shifts=args.patch_shifts)
         timer = PartTimer(module, device)
@@ -305,12 +307,13 @@ def main(argv=None) -> int:
                       "codec_layers_per_block": cc.layers_per_block, "tile": tile,
                       "dit_bf16": fuser.bf16, "codec_bf16": args.codec_bf16 and gpu, "compile": args.compile,
                       "cuda_graphs": args.cuda_graphs, "bf16_weights": args.bf16_weights,
+                      "bf16_dit": args.bf16_dit,
                       "fused_blocks": args.fused_blocks or args.sparse_moe, "sparse_moe": args.sparse_moe,
                       "channels_last": args.channels_last, "patch_shifts": args.patch_shifts,
                       "baseline": f"restore_and_fuse({BASELINE_TASK!r}, {BASELINE_DEGRADATIONS}) on the CPU "
                       f"(OpenCV, {cpu_name()})"}
             print(f"model: preset {mc.preset}, codec {header['codec']}, weights {weights}; "
-                  f"tile {tile or 'off'}, DiT bf16 {fuser.bf16}, codec bf16 {header['codec_bf16']}, "
+                  f"tile {tile or 'off'}, DiT bf16 {'stored, no autocast' if args.bf16_dit else fuser.bf16}, codec bf16 {header['codec_bf16']}, "
                   f"compile {args.compile or 'off'}, CUDA graphs {'on' if args.cuda_graphs else 'off'}, "
                   f"fused blocks {'on' if args.fused_blocks or args.sparse_moe else 'off'}"
                   f"{', sparse MoE' if args.sparse_moe else ''}")

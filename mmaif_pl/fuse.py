@@ -88,6 +88,37 @@ def store_matmul_weights(module: torch.nn.Module, dtype: torch.dtype = torch.bfl
             m.to(dtype)
 
 
+class InBf16:
+    """A FusionDiT's forward on bf16 inputs with autocast off, for a DiT stored in bf16 (`run_in_bf16`). The
+    latents and text states are cast on entry; the flow time t stays float32, as the timestep sinusoid of
+    t * 1000 needs more than bf16's 8 bits, and the text mask stays boolean."""
+
+    def __init__(self, forward):
+        self.forward = forward
+
+    def __call__(self, x, text, t=None, text_tokens=None, text_mask=None):
+        def bf16(v):
+            return None if v is None else v.to(torch.bfloat16)
+
+        with torch.autocast(x.device.type, enabled=False):
+            return self.forward(bf16(x), bf16(text), t, bf16(text_tokens), text_mask)
+
+
+def run_in_bf16(dit: torch.nn.Module) -> None:
+    """Store a sampling FusionDiT in bf16 and run it without autocast, in place: every activation, the residual
+    stream included, stays bf16, so none of autocast's casts remain and the elementwise traffic halves. Unlike
+    `store_matmul_weights` this changes the output (measured in docs/speed.md). The RoPE frequencies stay
+    float32: in bf16 a position's angle would be off by up to a quarter radian on a 64-token side. The output is
+    bf16, as under autocast."""
+    from .models.layers import RoPE2D
+
+    ropes = {m: m.freqs for m in dit.modules() if isinstance(m, RoPE2D)}
+    dit.to(torch.bfloat16)
+    for rope, freqs in ropes.items():
+        rope.freqs = freqs
+    dit.forward = InBf16(dit.forward)
+
+
 def compile_blocks(dit: torch.nn.Module, backend: str = "inductor", mode: Optional[str] = None) -> None:
     """Regional torch.compile of a FusionDiT, in place: each block and the final layer. The blocks share their
     code, so dynamo compiles three graphs for the twelve (block 0 has no value residual, block 1 gets block
@@ -99,7 +130,8 @@ def compile_blocks(dit: torch.nn.Module, backend: str = "inductor", mode: Option
 
 def accelerate(module, compile_mode: Optional[str] = None, backend: str = "inductor",
                channels_last: bool = False, codec_bf16: bool = False, cuda_graphs: bool = False,
-               bf16_weights: bool = False, fused_blocks: bool = False, sparse_moe: bool = False):
+               bf16_weights: bool = False, fused_blocks: bool = False, sparse_moe: bool = False,
+               bf16_dit: bool = False):
     """Opt-in inference fast paths that keep the module's behaviour (state_dict keys, outputs up to float
     rounding): `torch.compile` of the sampling denoiser (the EMA DiT) and of a learned codec's encoder and
     decoder (in place, `nn.Module.compile`; `compile_mode` e.g. "default", "max-autotune"), CUDA graphs of
@@ -108,7 +140,8 @@ def accelerate(module, compile_mode: Optional[str] = None, backend: str = "induc
     caller must run it under; see `store_matmul_weights`; with `codec_bf16` on a GPU, the learned codec's too),
     the denoiser rewritten into fewer kernels
     (`fused_blocks`: mmaif_pl/fused_blocks.py, the same function up to float rounding; `sparse_moe`: the same
-    rewrite with only the routed experts computed, implies `fused_blocks`), channels-last memory
+    rewrite with only the routed experts computed, implies `fused_blocks`), the denoiser stored and run in bf16
+    without autocast (`bf16_dit`: see `run_in_bf16`; not bit-exact), channels-last memory
     for the codec's convolutions, and bf16 autocast for a learned codec on GPU. All are off by default; each
     pays on GPU, none pays for the CPU preset (measured in docs/speed.md)."""
     if cuda_graphs:
@@ -123,10 +156,12 @@ def accelerate(module, compile_mode: Optional[str] = None, backend: str = "induc
         from .fused_blocks import fuse_blocks
 
         fuse_blocks(module.ema, sparse_moe=sparse_moe)
-    if bf16_weights:  # before compiling or capturing, which would bake in the casts of float32 weights
+    if bf16_dit:  # before compiling or capturing, as below; every weight in bf16, the matmul ones included
+        run_in_bf16(module.ema)
+    elif bf16_weights:  # before compiling or capturing, which would bake in the casts of float32 weights
         store_matmul_weights(module.ema)
-        if codec_bf16 and ae is not None and module.device.type == "cuda":  # the codec's autocast is CUDA's only
-            store_matmul_weights(ae)
+    if bf16_weights and codec_bf16 and ae is not None and module.device.type == "cuda":  # codec autocast: CUDA only
+        store_matmul_weights(ae)
     if compile_mode:
         mode = None if compile_mode == "default" else compile_mode
         compile_blocks(module.ema, backend, mode)
@@ -158,14 +193,15 @@ class Fuser:
     the Fuser moves it to the device, puts it in eval mode, sets its `patch_shifts`, and the fast paths
     change its EMA DiT and codec in place (pass a deep copy to keep the original). `compile` (a torch.compile
     mode, e.g. "default"), `cuda_graphs`, `bf16_weights`, `fused_blocks`, `sparse_moe`, `channels_last` and
-    `codec_bf16` switch on the fast paths of `accelerate`."""
+    `codec_bf16`, `bf16_dit` switch on the fast paths of `accelerate`."""
 
     def __init__(self, checkpoint, device: str = "auto", steps: Optional[int] = None,
                  tile: int = 512, overlap: int = 64, color: str = "model", seed: int = 0,
                  codec_path: Optional[str] = None, bf16: Optional[bool] = None,
                  compile: Optional[str] = None, channels_last: bool = False, time_shift: Optional[float] = None,
                  patch_shifts: int = 1, cuda_graphs: bool = False, bf16_weights: bool = False,
-                 fused_blocks: bool = False, sparse_moe: bool = False, codec_bf16: bool = False):
+                 fused_blocks: bool = False, sparse_moe: bool = False, codec_bf16: bool = False,
+                 bf16_dit: bool = False):
         from .lit.fusion import FusionModule, load_module
         from .models.dit import ensemble_shifts
 
@@ -175,7 +211,7 @@ class Fuser:
         self.bf16 = (self.device.type == "cuda") if bf16 is None else bf16
         if bf16_weights and not self.bf16:
             raise UserError("bf16 weights need the DiT under bf16 autocast (the GPU default; bf16=True on a CPU)")
-        if sparse_moe and self.device.type == "cuda" and not self.bf16:
+        if sparse_moe and self.device.type == "cuda" and not (self.bf16 or bf16_dit):
             raise UserError("--sparse-moe on a GPU needs the DiT under bf16 autocast: CUDA's grouped GEMM is bf16 only")
         if codec_bf16 and self.device.type != "cuda":
             raise UserError(f"--codec-bf16 runs the codec under bf16 autocast on a GPU; the device is {self.device}")
@@ -186,10 +222,11 @@ class Fuser:
         except ValueError as exc:
             raise UserError(f"--patch-shifts: {exc}") from None
         self.module.patch_shifts = patch_shifts
-        if compile or channels_last or cuda_graphs or bf16_weights or fused_blocks or sparse_moe or codec_bf16:
+        if compile or channels_last or cuda_graphs or bf16_weights or fused_blocks or sparse_moe or codec_bf16 \
+                or bf16_dit:
             accelerate(self.module, compile, channels_last=channels_last, cuda_graphs=cuda_graphs,
                        bf16_weights=bf16_weights, fused_blocks=fused_blocks, sparse_moe=sparse_moe,
-                       codec_bf16=codec_bf16)
+                       codec_bf16=codec_bf16, bf16_dit=bf16_dit)
         self.steps, self.tile, self.overlap, self.color, self.seed = steps, tile, overlap, color, seed
         self.time_shift = time_shift
         self.variant = self.module.variant
@@ -255,7 +292,7 @@ def cmd_fuse(args) -> int:
                   color=args.color, seed=args.seed, codec_path=args.codec, compile=args.compile,
                   channels_last=args.channels_last, patch_shifts=args.patch_shifts, cuda_graphs=args.cuda_graphs,
                   bf16_weights=args.bf16_weights, fused_blocks=args.fused_blocks, sparse_moe=args.sparse_moe,
-                  codec_bf16=args.codec_bf16)
+                  codec_bf16=args.codec_bf16, bf16_dit=args.bf16_dit)
     start = time.perf_counter()
     for i, (name, pa, pb, prompt, dest) in enumerate(jobs, 1):
         a, b = read_image(pa), read_image(pb)
@@ -308,6 +345,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bf16-weights", action="store_true", help="keep the DiT's matmul weights in bf16 (GPU), and "
                    "a learned codec's with --codec-bf16: the same output bits under the GPU's bf16 autocast, without "
                    "casting them on every call")
+    p.add_argument("--bf16-dit", action="store_true", help="store and run the whole DiT in bf16, its residual "
+                   "stream included, without autocast: fewer kernels and half the elementwise traffic, at a small "
+                   "cost in fidelity to float32 (docs/speed.md)")
     p.add_argument("--fused-blocks", action="store_true", help="rewrite the DiT's MoE, attention and NAFBlocks "
                    "into fewer, larger kernels from the same weights (2.3x fewer per B forward; the same output "
                    "up to float rounding)")

@@ -79,10 +79,12 @@ class FusedMoE(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat = x.reshape(-1, x.shape[-1])
         weights = self.route(flat)[0]  # T x E
-        mix = F.pad(weights, (0, self.b2.shape[0] - self.routed), value=1.0)  # the shared expert's weight is 1
         gate, value = self.w13(flat).chunk(2, dim=-1)
         hidden = F.silu(gate) * value  # T x K*width
-        hidden = (hidden.unflatten(-1, (-1, self.width)) * mix.unsqueeze(-1).to(hidden.dtype)).flatten(1)
+        # the shared expert's weight is 1; cast once to the hidden units' dtype (bf16 under autocast, as the
+        # product with b2 would cast it there, and in a DiT stored in bf16)
+        mix = F.pad(weights, (0, self.b2.shape[0] - self.routed), value=1.0).to(hidden.dtype)
+        hidden = (hidden.unflatten(-1, (-1, self.width)) * mix.unsqueeze(-1)).flatten(1)
         out = torch.addmm(mix @ self.b2, hidden, self.w2.weight.t())
         return out.reshape(x.shape[:-1] + out.shape[-1:]), x.new_zeros(())
 

@@ -221,3 +221,34 @@ def test_flops_counts_a_depthwise_convolutions_backward_as_two_forwards():
     out = conv(x)
     _, both, _ = flops_by_module(lambda: out.sum().backward())
     assert forward == 2 * 2 * 16 * 16 * 64 * 9 and both == 2 * forward
+
+
+def test_precision_cost_compares_each_precision_with_float32(tmp_path):
+    """On a saved checkpoint and a split written by `mmaif data prepare`: a row per precision; the bf16 ones differ
+    from float32 by a little (random weights here, trained ones in docs/speed.md), float32 has no row against itself."""
+    from conftest import small_fusion_module, text_encoder
+
+    from mmaif_pl.config import load
+    from mmaif_pl.data.prepare import prepare
+    from mmaif_pl.data.synth import build
+
+    build(tmp_path / "data", counts={"train": 2, "test": 2}, log=lambda *a, **k: None)
+    cfg = load([], [f"data.root={tmp_path / 'data'}", "data.eval_crop=32", "data.test_per_operator=1",
+                    "data.test_combos=1", "data.test_clean=1"])
+    prepare(cfg, tmp_path / "prepared", splits=("test",), log=lambda *a: None)
+    m = small_fusion_module(["model.hidden=64", "model.depth=2", "model.heads=2", "model.pe_grid=8"], text_encoder())
+    m.cfg.codec.path = str(tmp_path / "codec")
+    m.codec.save(tmp_path / "codec")
+    torch.save({"state_dict": m.state_dict(), "mmaif": m.checkpoint_meta()}, tmp_path / "m.ckpt")
+    out = run("precision_cost.py", "--checkpoint", str(tmp_path / "m.ckpt"), "--prepared",
+              str(tmp_path / "prepared" / "test"), "--pairs", "3", "--json", str(tmp_path / "p.json"))
+    data = json.loads((tmp_path / "p.json").read_text())
+    rows = {r["precision"]: r for r in data["results"]}
+    assert data["pairs"] == 3 and set(rows) == {"float32", "bf16 autocast", "bf16 DiT"}
+    assert rows["float32"]["psnr_to_float32_median"] is None and rows["float32"]["psnr_to_target_mean"] > 5
+    for name in ("bf16 autocast", "bf16 DiT"):
+        assert 30 < rows[name]["psnr_to_float32_min"] <= rows[name]["psnr_to_float32_median"] < 100, rows[name]
+        assert abs(rows[name]["psnr_to_target_mean"] - rows["float32"]["psnr_to_target_mean"]) < 0.5
+    assert "bf16 DiT" in out
+    res = launch("precision_cost.py", "--prepared", str(tmp_path / "nowhere"))
+    assert res.returncode == 2 and "nowhere/index.json not found" in res.stderr

@@ -284,6 +284,39 @@ def test_bf16_weights_give_the_same_bits_under_bf16_autocast(text, variant):
     np.testing.assert_array_equal(out, ref)
 
 
+@pytest.mark.parametrize("fused_blocks", [False, True], ids=["plain", "fused_blocks"])
+@pytest.mark.parametrize("variant", ["regression", "flow"])
+def test_bf16_dit_runs_the_whole_dit_in_bf16(text, variant, fused_blocks):
+    """`--bf16-dit` stores every DiT parameter in bf16 and runs it without autocast: each block's output, the
+    residual stream, is bf16; the RoPE tables stay float32 and exact; the trained DiT is untouched. The fused image
+    stays near float32's, about as near as bf16 autocast's."""
+    from mmaif_pl.models.layers import RoPE2D
+
+    def fused(**switches):
+        m = small_fusion_module(SMALL + [f"train.variant={variant}"], text)
+        return m, Fuser(m, device="cpu", tile=0, steps=3, fused_blocks=fused_blocks, **switches)(a, b)
+
+    a, b = photo_pair(96)
+    _, ref = fused()
+    _, autocast = fused(bf16=True)
+    m, out = fused(bf16_dit=True)
+    streams = []
+    hooks = [block.register_forward_hook(lambda mod, args, out: streams.append(out[0].dtype)) for block in m.ema.blocks]
+    try:
+        Fuser(m, device="cpu", tile=0, steps=1)(a[:32, :32], b[:32, :32])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert streams and set(streams) == {torch.bfloat16}
+    ropes = [mod for mod in m.ema.modules() if isinstance(mod, RoPE2D)]
+    assert ropes and all(r.freqs.dtype == torch.float32 for r in ropes)
+    torch.testing.assert_close(ropes[0](48, 40), m.dit.rope(48, 40), rtol=0, atol=0)
+    assert {p.dtype for p in m.ema.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in m.dit.parameters()} == {torch.float32}
+    err, err_autocast = np.abs(out - ref).mean(), np.abs(autocast - ref).mean()
+    assert 0 < err < 3 * err_autocast + 1e-4 and np.abs(out - ref).max() < 0.01, (err, err_autocast)
+
+
 def test_codec_bf16_weights_give_the_same_bits_under_bf16_autocast(text):
     """With `--codec-bf16 --bf16-weights` on a GPU the learned codec's Linear/Conv2d weights are stored in bf16 too,
     as autocast casts them on every call: the same encode and decode, bit for bit (CPU autocast here). `accelerate`
