@@ -97,7 +97,7 @@ step sparse 45 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${G[@
   --no-baseline "${TEXT[@]}"
 
 # -- the same at 1024 px with the whole DiT stored and run in bf16 (mmaif fuse --bf16-dit: no autocast casts, the
-#    residual stream in bf16; 713 instead of 798 kernels and 12.8 instead of 16.3 GB per forward); log only
+#    residual stream in bf16; 629 instead of 713 kernels and 12.1 instead of 15.1 GB per forward); log only
 step bf16dit 45 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${G[@]}" --bf16-dit --size $S1 --steps 4 \
   --no-baseline "${TEXT[@]}"
 

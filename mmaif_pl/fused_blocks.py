@@ -17,9 +17,12 @@ rewrites, in place and from the same weights, the parts that launch most:
             weights, the depthwise 3x3 on a channels-last view; no permute copies around the LayerNorms.
   value residual  lerp(V, V_prev, eta) with eta = sigmoid(a) evaluated once.
   block PE  the table resized to a grid once per grid.
+  adaLN     1 + scale folded into the modulation's bias, so that each modulation is one addcmul,
+                x * (1 + scale) + shift = addcmul(shift, x, scale'),   scale' = W c + (b + 1),
+            and each gated residual another, x + gate * out = addcmul(x, gate, out).
 
-The rewritten modules copy the weights: load a checkpoint first, then rewrite (loading into a rewritten
-DiT fails on its keys). Sampling only: a DiT with parameters that require grad is refused, and the MoE's
+The rewritten modules copy the weights (the adaLN modulation alone is taken as it is, its scale biases
+raised by 1 in place): load a checkpoint first, then rewrite (loading into a rewritten DiT fails on its keys). Sampling only: a DiT with parameters that require grad is refused, and the MoE's
 auxiliary balance loss comes out as 0. Outputs match the original up to float rounding
 (tests/test_fused_blocks.py); `store_matmul_weights`, `compile_blocks` and CUDA graphs apply on top.
 """
@@ -32,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import UserError
-from .models.dit import FusionDiT
+from .models.dit import FusionDiT, FusionDiTBlock
 from .models.layers import Attention, BlockPE, MoESwiGLU, NAFBlock, RoPE2D
 
 
@@ -241,6 +244,30 @@ class TokenNAFBlock(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
+class FusedBlock(nn.Module):
+    """FusionDiTBlock with its modulations and gated residuals as one addcmul each (module docstring). It takes the
+    block's parts; the modulation's scale biases get 1 added, in place."""
+
+    def __init__(self, block: FusionDiTBlock):
+        super().__init__()
+        self.pe, self.naf, self.norm1, self.attn = block.pe, block.naf, block.norm1, block.attn
+        self.norm2, self.ffn, self.mod = block.norm2, block.ffn, block.mod
+        with torch.no_grad():  # chunks: shift1, scale1, gate1, shift2, scale2, gate2
+            bias = self.mod.net[-1].bias.unflatten(0, (6, -1))
+            bias[1] += 1
+            bias[4] += 1
+
+    local = FusionDiTBlock.local  # the block PE and NAFBlock on the image tokens, as the block adds them
+
+    def forward(self, x, c, hw, rope=None, v_prev=None, attn_mask=None):
+        x = self.local(x, hw)
+        shift1, scale1, gate1, shift2, scale2, gate2 = (m[:, None] for m in self.mod(c))
+        out, v = self.attn(torch.addcmul(shift1, self.norm1(x), scale1), rope, v_prev, attn_mask)
+        x = torch.addcmul(x, gate1, out)
+        out, aux = self.ffn(torch.addcmul(shift2, self.norm2(x), scale2))
+        return torch.addcmul(x, gate2, out), v, aux
+
+
 class CachedBlockPE(nn.Module):
     """BlockPE with its resized table kept per grid (a sampled image size keeps its grid)."""
 
@@ -262,7 +289,7 @@ def fuse_blocks(dit: FusionDiT, sparse_moe: bool = False) -> FusionDiT:
                         f"grad (e.g. {trainable[0]}); rewrite a frozen copy, e.g. the EMA DiT")
     if dit.rope is not None and not isinstance(dit.rope, PairRoPE):
         dit.rope = PairRoPE(dit.rope)
-    for block in dit.blocks:
+    for i, block in enumerate(dit.blocks):
         if isinstance(block.pe, BlockPE):
             block.pe = CachedBlockPE(block.pe)
         if isinstance(block.naf, NAFBlock):
@@ -271,4 +298,6 @@ def fuse_blocks(dit: FusionDiT, sparse_moe: bool = False) -> FusionDiT:
             block.attn = FusedAttention(block.attn)
         if isinstance(block.ffn, MoESwiGLU):
             block.ffn = SparseMoE(block.ffn) if sparse_moe else FusedMoE(block.ffn)
+        if isinstance(block, FusionDiTBlock):
+            dit.blocks[i] = FusedBlock(block)
     return dit

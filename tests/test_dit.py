@@ -47,6 +47,34 @@ def test_shapes_any_grid(flow, text_tokens, hw):
     assert aux.shape == () and torch.isfinite(aux)
 
 
+@pytest.mark.parametrize("text_tokens", [False, True])
+def test_block_pe_and_nafblock_touch_only_the_image_tokens(text_tokens):
+    """FusionDiTBlock.local adds the block PE and runs the NAFBlock on the image tokens; text tokens pass unchanged.
+    Without text tokens nothing is concatenated: the image tokens come back as the NAFBlock left them, contiguous
+    (a concatenation with an empty text part would only copy them, a kernel per block)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    m = make(text_tokens=text_tokens)
+    perturb(m)
+    block, (h, w), extra = m.blocks[0], (4, 6), 5 if text_tokens else 0
+    x = torch.randn(2, h * w + extra, 32)
+    with torch.no_grad(), Ops() as ops:
+        out = block.local(x, (h, w))
+    grid = (x[:, : h * w] + block.pe(h, w)).transpose(1, 2).unflatten(2, (h, w))
+    torch.testing.assert_close(out[:, : h * w], block.naf(grid).flatten(2).transpose(1, 2))
+    torch.testing.assert_close(out[:, h * w:], x[:, h * w:], rtol=0, atol=0)
+    assert out.is_contiguous() and ops.names.count("cat") == int(text_tokens)
+
+
 def test_zero_init_output_and_identity_blocks():
     m = make(True, text_tokens=True)
     x, pooled, t, tok, mask = inputs(m, 6, 10)

@@ -82,17 +82,21 @@ class FusionDiTBlock(nn.Module):
         self.ffn = MoESwiGLU(d, hidden, s.experts, s.top_k, s.shared_expert) if s.moe else DenseFFN(d, hidden)
         self.mod = AdaLNModulation(d, 6, (s.lora_rank or d // 4) if s.lora_adaln else None)
 
-    def forward(self, x, c, hw, rope=None, v_prev=None, attn_mask=None):
+    def local(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """The block PE and the NAFBlock, on the image tokens only; text tokens (if any) follow them unchanged."""
+        if self.pe is None and self.naf is None:
+            return x
         h, w = hw
-        n = h * w
-        if self.pe is not None or self.naf is not None:  # image tokens only; text tokens (if any) follow them
-            img, txt = x[:, :n], x[:, n:]
-            if self.pe is not None:
-                img = img + self.pe(h, w)
-            if self.naf is not None:
-                grid = img.transpose(1, 2).unflatten(2, (h, w))
-                img = self.naf(grid).flatten(2).transpose(1, 2)
-            x = torch.cat([img, txt], dim=1)
+        img, txt = x[:, : h * w], x[:, h * w:]
+        if self.pe is not None:
+            img = img + self.pe(h, w)
+        if self.naf is not None:
+            grid = img.transpose(1, 2).unflatten(2, (h, w))
+            img = self.naf(grid).flatten(2).transpose(1, 2)
+        return torch.cat([img, txt], dim=1) if txt.shape[1] else img  # no copy without text tokens
+
+    def forward(self, x, c, hw, rope=None, v_prev=None, attn_mask=None):
+        x = self.local(x, hw)
         shift1, scale1, gate1, shift2, scale2, gate2 = self.mod(c)
         out, v = self.attn(modulate(self.norm1(x), shift1, scale1), rope, v_prev, attn_mask)
         x = x + gate1[:, None] * out
