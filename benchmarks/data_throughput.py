@@ -1,12 +1,13 @@
 """Training-sample throughput of one data worker at 256x256: pick a pair, crop, flip, degrade both sources,
 make the target and the prompt (everything a training batch needs before the model).
 
-    python benchmarks/data_throughput.py [--json OUT] [--root FOLDER] [--samples 300] [--repeats 5]
+    python benchmarks/data_throughput.py [--json OUT] [--root FOLDER] [--size 320] [--samples 300] [--repeats 5]
 
-Without --root it writes a small generic dataset of 320x320 scikit-image crops to a temporary folder (the
-embedded default's 192x192 training crops are too small for a 256 crop). Decoded pairs are cached per worker,
-as in training, and the cache is warmed first, so the figure is the steady state. Prints the median of the
-repeats and writes {"samples_per_second_per_core": X} (one process = one core).
+Without --root it writes a small generic dataset of --size x --size scikit-image crops (default 320; the real
+benchmarks' sources are 500-800 px) to a temporary folder (the embedded default's 192x192 training crops are too
+small for a 256 crop). A sample carries the images `mmaif train` ships (a, b and the target). Decoded pairs are
+cached per worker, as in training, and the cache is warmed first, so the figure is the steady state. Prints the
+median of the repeats and writes {"samples_per_second_per_core": X} (one process = one core).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import torch
 from mmaif_pl import config
 from mmaif_pl.data.datamodule import FusionDataset
 from mmaif_pl.data.io import write_image
+from mmaif_pl.lit.fusion import FusionModule
 
 PHOTOS = ("astronaut", "rocket", "coffee", "chelsea", "immunohistochemistry", "hubble_deep_field")
 
@@ -55,6 +57,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write {'samples_per_second_per_core': X} here")
     parser.add_argument("--root", help="dataset root with pairs of at least 256x256 (default: a temporary one)")
+    parser.add_argument("--size", type=int, default=320, help="side of the generated sources (without --root)")
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
@@ -64,9 +67,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.root) if args.root else Path(tmp) / "data"
         if not args.root:
-            make_dataset(root)
+            make_dataset(root, args.size)
         cfg = config.load([], [f"data.root={root}", "data.crop=256", "data.buckets=[[1,1]]", "data.batch_size=1"])
-        ds = FusionDataset(cfg, length=args.samples)
+        ds = FusionDataset(cfg, length=args.samples, image_keys=FusionModule.training_image_keys(cfg))
         for g in ds.groups:  # warm the per-worker cache of decoded pairs
             for rec in g.pairs:
                 ds._cache.get(rec)

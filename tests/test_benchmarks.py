@@ -252,3 +252,10 @@ def test_precision_cost_compares_each_precision_with_float32(tmp_path):
     assert "bf16 DiT" in out
     res = launch("precision_cost.py", "--prepared", str(tmp_path / "nowhere"))
     assert res.returncode == 2 and "nowhere/index.json not found" in res.stderr
+
+
+def test_data_throughput_writes_the_per_core_rate(tmp_path):
+    """The GPU script's `data` step: one worker's samples per second on generated sources of --size."""
+    out = run("data_throughput.py", "--size", "272", "--samples", "6", "--repeats", "1", "--json", str(tmp_path / "d.json"))
+    rate = json.loads((tmp_path / "d.json").read_text())["samples_per_second_per_core"]
+    assert rate > 0 and f"median {rate:.1f}" in out

@@ -98,6 +98,22 @@ def test_sample_depends_only_on_epoch_and_index(embedded_data):
     assert torch.equal(late["a"], again["a"]) and late["prompt"] == again["prompt"]
 
 
+def test_cached_pairs_give_the_samples_decoded_pairs_give(embedded_data):
+    """A cache hit crops the stored uint16 pair and converts only the crop (then flips it with OpenCV); a miss crops
+    the decoded float32 pair. For 8-bit sources both are the same samples, bit for bit, flipped or not."""
+    cached = FusionDataset(_cfg(embedded_data, "data.flip=true"))
+    uncached = FusionDataset(_cfg(embedded_data, "data.flip=true", "data.cache_mb=0"))
+    keys = [(e, i) for e in range(3) for i in range(9)]
+    for key in keys:  # the first pass fills the cache; the second reads every pair from it
+        cached[key]
+    assert cached._cache.items and not uncached._cache.items
+    assert all(x.dtype == np.uint16 for pair in cached._cache.items.values() for x in pair)
+    for key in keys:
+        hit, miss = cached[key], uncached[key]
+        for k in cached.image_keys:
+            assert hit[k].is_contiguous() and torch.equal(hit[k], miss[k]), (key, k)
+
+
 def test_buckets_and_crop_sizes(embedded_data):
     assert crop_size([1, 1], 64, 8, (500, 500)) == (64, 64)
     h, w = crop_size([16, 9], 128, 16, (1000, 1000))
