@@ -80,6 +80,7 @@ fi
 step tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py \
   tests/test_fused_blocks.py::test_rewrite_under_cuda_graphs_and_bf16_weights \
   tests/test_fuse.py::test_tiles_are_cut_and_blended_on_the_gpu \
+  tests/test_fuse.py::test_fuse_command_fast_on_the_gpu \
   tests/test_fuse.py::test_codec_bf16_on_the_gpu_stays_close_to_float32 \
   tests/test_fuse.py::test_codec_bf16_weights_on_the_gpu_give_codec_bf16s_fusion \
   tests/test_text.py::test_text_encoder_on_the_gpu_matches_the_cpu \

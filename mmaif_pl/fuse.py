@@ -285,8 +285,20 @@ def _jobs(args) -> list[tuple[str, Path, Path, str, Path]]:
     return [(k, la[k], lb[k], prompt, out / f"{la[k].stem}.png") for k in common]
 
 
+# `mmaif fuse --fast`: the fast paths that keep the output (bit-exact or up to float rounding; the bf16 codec
+# 0.01-0.03 dB of reconstruction PSNR), the configuration of docs/speed.md's GPU latency table
+FAST_PATHS = ("cuda_graphs", "bf16_weights", "fused_blocks", "channels_last", "codec_bf16")
+
+
 def cmd_fuse(args) -> int:
     jobs = _jobs(args)
+    if args.fast:
+        if resolve_device(args.device).type == "cuda":
+            for name in FAST_PATHS:
+                setattr(args, name, True)
+        else:
+            print("note: --fast switches on GPU fast paths; on a CPU none pays, so it changes nothing here",
+                  file=sys.stderr)
     fuser = Fuser(args.checkpoint, device=args.device, steps=args.steps, time_shift=args.time_shift,
                   tile=args.tile, overlap=args.overlap,
                   color=args.color, seed=args.seed, codec_path=args.codec, compile=args.compile,
@@ -338,22 +350,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=int, default=0, help="noise seed of the flow sampler")
     p.add_argument("--codec", help="codec folder (default: the one named in the checkpoint)")
-    p.add_argument("--compile", metavar="MODE", help="torch.compile the denoiser and a learned codec "
-                   "(default | reduce-overhead | max-autotune); pays on GPU for many pairs of one size")
-    p.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs of the DiT and the codec (GPU; "
-                   "one capture per image size, with or without --compile): removes the launch overhead of batch 1")
-    p.add_argument("--bf16-weights", action="store_true", help="keep the DiT's matmul weights in bf16 (GPU), and "
-                   "a learned codec's with --codec-bf16: the same output bits under the GPU's bf16 autocast, without "
-                   "casting them on every call")
-    p.add_argument("--bf16-dit", action="store_true", help="store and run the whole DiT in bf16, its residual "
-                   "stream included, without autocast: fewer kernels and half the elementwise traffic, at a small "
-                   "cost in fidelity to float32 (docs/speed.md)")
-    p.add_argument("--fused-blocks", action="store_true", help="rewrite the DiT's MoE, attention and NAFBlocks "
-                   "into fewer, larger kernels from the same weights (2.3x fewer per B forward; the same output "
-                   "up to float rounding)")
-    p.add_argument("--sparse-moe", action="store_true", help="--fused-blocks with each token's MoE computed by "
-                   "its top-k experts and the shared one only, in grouped GEMMs, instead of all experts")
-    p.add_argument("--channels-last", action="store_true", help="channels-last memory for a learned codec (GPU)")
-    p.add_argument("--codec-bf16", action="store_true", help="run the codec under bf16 autocast (GPU): on the GPU "
-                   "preset's codec, 0.01-0.03 dB of reconstruction PSNR (docs/speed.md)")
+    speed = p.add_argument_group("speed", "fast paths for a GPU; none pays on a CPU (measured in docs/speed.md)")
+    speed.add_argument("--fast", action="store_true", help="on a GPU, the fast paths docs/speed.md times: "
+                       f"{' '.join('--' + name.replace('_', '-') for name in FAST_PATHS)} (the same output up to "
+                       "float rounding, and 0.01-0.03 dB of the codec's PSNR); on a CPU, a note and nothing else")
+    speed.add_argument("--compile", metavar="MODE", help="torch.compile the denoiser and a learned codec "
+                       "(default | reduce-overhead | max-autotune); pays on GPU for many pairs of one size")
+    speed.add_argument("--cuda-graphs", action="store_true", help="replay CUDA graphs of the DiT and the codec (GPU; "
+                       "one capture per image size, with or without --compile): removes the launch overhead of batch 1")
+    speed.add_argument("--bf16-weights", action="store_true", help="keep the DiT's matmul weights in bf16 (GPU), "
+                       "and a learned codec's with --codec-bf16: the same output bits under the GPU's bf16 autocast, "
+                       "without casting them on every call")
+    speed.add_argument("--bf16-dit", action="store_true", help="store and run the whole DiT in bf16, its residual "
+                       "stream included, without autocast: fewer kernels and half the elementwise traffic, at a small "
+                       "cost in fidelity to float32 (docs/speed.md)")
+    speed.add_argument("--fused-blocks", action="store_true", help="rewrite the DiT's MoE, attention and NAFBlocks "
+                       "into fewer, larger kernels from the same weights (a B forward: 1 868 -> 999 kernels, 713 with "
+                       "--bf16-weights; the same output up to float rounding)")
+    speed.add_argument("--sparse-moe", action="store_true", help="--fused-blocks with each token's MoE computed by "
+                       "its top-k experts and the shared one only, in grouped GEMMs, instead of all experts")
+    speed.add_argument("--channels-last", action="store_true", help="channels-last memory for a learned codec (GPU)")
+    speed.add_argument("--codec-bf16", action="store_true", help="run the codec under bf16 autocast (GPU): on the GPU "
+                       "preset's codec, 0.01-0.03 dB of reconstruction PSNR (docs/speed.md)")
     p.set_defaults(func=cmd_fuse)

@@ -215,11 +215,9 @@ def test_large_tiled_fusion_memory_is_image_buffers_only():
     assert info["after_mb"] - info["before_mb"] < 12 * image_mb, info
 
 
-def test_fuse_command_tiles_a_large_pair(tmp_path, text, capsys):
-    """`mmaif fuse` end to end on a checkpoint: a pair larger than --tile, the fast-path flag accepted; the
-    codec's bf16 autocast (CUDA only) refused on the CPU with a one-line error and nothing written."""
-    from mmaif_pl.cli import main
-    from mmaif_pl.data.io import read_image, write_image
+def fuse_command_inputs(tmp_path, text) -> list[str]:
+    """A saved checkpoint (small DiT, random linear codec) and a 300 px pair: `mmaif fuse` arguments for them."""
+    from mmaif_pl.data.io import write_image
 
     torch.manual_seed(0)
     codec = LatentCodec("linear", 4, 16)
@@ -231,16 +229,48 @@ def test_fuse_command_tiles_a_large_pair(tmp_path, text, capsys):
     a, b = photo_pair(300)
     write_image(tmp_path / "a.png", a)
     write_image(tmp_path / "b.png", b[..., :1].repeat(3, 2))
-    rc = main(["fuse", "--checkpoint", str(tmp_path / "m.ckpt"), "--a", str(tmp_path / "a.png"), "--b",
-               str(tmp_path / "b.png"), "--out", str(tmp_path / "f.png"), "--tile", "192", "--overlap", "32",
-               "--channels-last", "--device", "cpu"])
-    assert rc == 0
+    return ["fuse", "--checkpoint", str(tmp_path / "m.ckpt"), "--a", str(tmp_path / "a.png"), "--b",
+            str(tmp_path / "b.png")]
+
+
+def test_fuse_command_tiles_a_large_pair(tmp_path, text, capsys):
+    """`mmaif fuse` end to end on a checkpoint: a pair larger than --tile, the fast-path flag accepted; `--fast` on
+    the CPU a note and the same image; the codec's bf16 autocast (CUDA only) refused on the CPU with a one-line
+    error and nothing written."""
+    from mmaif_pl.cli import main
+    from mmaif_pl.data.io import read_image
+
+    command = fuse_command_inputs(tmp_path, text)
+    tiles = ["--tile", "192", "--overlap", "32", "--device", "cpu"]
+    assert main(command + ["--out", str(tmp_path / "f.png"), "--channels-last", *tiles]) == 0
     assert read_image(tmp_path / "f.png").shape == (300, 300, 3)
     capsys.readouterr()
-    rc = main(["fuse", "--checkpoint", str(tmp_path / "m.ckpt"), "--a", str(tmp_path / "a.png"), "--b",
-               str(tmp_path / "b.png"), "--out", str(tmp_path / "g.png"), "--codec-bf16", "--device", "cpu"])
+    assert main(command + ["--out", str(tmp_path / "fast.png"), "--fast", *tiles]) == 0
+    assert "--fast switches on GPU fast paths" in capsys.readouterr().err
+    np.testing.assert_array_equal(read_image(tmp_path / "fast.png"), read_image(tmp_path / "f.png"))
+    rc = main(command + ["--out", str(tmp_path / "g.png"), "--codec-bf16", "--device", "cpu"])
     assert rc == 1 and "--codec-bf16 runs the codec under bf16 autocast on a GPU" in capsys.readouterr().err
     assert not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fuse_command_fast_on_the_gpu(tmp_path, text, capsys, monkeypatch):
+    """`mmaif fuse --fast` on a GPU switches on every path of FAST_PATHS and writes the plain command's image up to
+    bf16 rounding (the bound of test_codec_bf16_on_the_gpu_stays_close_to_float32: the bf16 codec dominates)."""
+    from mmaif_pl import fuse
+    from mmaif_pl.cli import main
+    from mmaif_pl.data.io import read_image
+
+    command = fuse_command_inputs(tmp_path, text) + ["--device", "cuda"]
+    switches = []
+    real_accelerate = fuse.accelerate
+    monkeypatch.setattr(fuse, "accelerate", lambda *a, **k: switches.append(k) or real_accelerate(*a, **k))
+    assert main(command + ["--out", str(tmp_path / "plain.png")]) == 0
+    assert main(command + ["--out", str(tmp_path / "fast.png"), "--fast"]) == 0
+    assert "note" not in capsys.readouterr().err and len(switches) == 1
+    assert all(switches[0][name] for name in fuse.FAST_PATHS), switches
+    diff = np.abs(read_image(tmp_path / "fast.png") - read_image(tmp_path / "plain.png"))
+    assert diff.mean() < 0.015 and diff.max() < 0.15
 
 
 
