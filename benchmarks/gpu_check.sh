@@ -98,7 +98,7 @@ step sparse 45 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${G[@
   --no-baseline "${TEXT[@]}"
 
 # -- the same at 1024 px with the whole DiT stored and run in bf16 (mmaif fuse --bf16-dit: no autocast casts, the
-#    residual stream in bf16; 629 instead of 713 kernels and 12.1 instead of 15.1 GB per forward); log only
+#    residual stream in bf16; 605 instead of 689 kernels and 12.0 instead of 14.9 GB per forward); log only
 step bf16dit 45 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 "${G[@]}" --bf16-dit --size $S1 --steps 4 \
   --no-baseline "${TEXT[@]}"
 

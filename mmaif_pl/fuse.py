@@ -365,8 +365,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "stream included, without autocast: fewer kernels and half the elementwise traffic, at a small "
                        "cost in fidelity to float32 (docs/speed.md)")
     speed.add_argument("--fused-blocks", action="store_true", help="rewrite the DiT's MoE, attention and NAFBlocks "
-                       "into fewer, larger kernels from the same weights (a B forward: 1 868 -> 999 kernels, 713 with "
-                       "--bf16-weights; the same output up to float rounding)")
+                       "into fewer, larger kernels from the same weights (about half a B forward's kernels, fewer still "
+                       "with --bf16-weights: docs/speed.md; the same output up to float rounding)")
     speed.add_argument("--sparse-moe", action="store_true", help="--fused-blocks with each token's MoE computed by "
                        "its top-k experts and the shared one only, in grouped GEMMs, instead of all experts")
     speed.add_argument("--channels-last", action="store_true", help="channels-last memory for a learned codec (GPU)")

@@ -22,9 +22,10 @@ rewrites, in place and from the same weights, the parts that launch most:
             and each gated residual another, x + gate * out = addcmul(x, gate, out).
 
 The rewritten modules copy the weights (the adaLN modulation alone is taken as it is, its scale biases
-raised by 1 in place): load a checkpoint first, then rewrite (loading into a rewritten DiT fails on its keys). Sampling only: a DiT with parameters that require grad is refused, and the MoE's
-auxiliary balance loss comes out as 0. Outputs match the original up to float rounding
-(tests/test_fused_blocks.py); `store_matmul_weights`, `compile_blocks` and CUDA graphs apply on top.
+raised by 1 in place): load a checkpoint first, then rewrite (loading into a rewritten DiT fails on its keys).
+Sampling only: a DiT with parameters that require grad is refused, and the MoE's auxiliary balance loss is not
+computed (the blocks return None for it; the DiT's comes out as 0). Outputs match the original up to float
+rounding (tests/test_fused_blocks.py); `store_matmul_weights`, `compile_blocks` and CUDA graphs apply on top.
 """
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ class FusedMoE(nn.Module):
         mix = F.pad(weights, (0, self.b2.shape[0] - self.routed), value=1.0).to(hidden.dtype)
         hidden = (hidden.unflatten(-1, (-1, self.width)) * mix.unsqueeze(-1)).flatten(1)
         out = torch.addmm(mix @ self.b2, hidden, self.w2.weight.t())
-        return out.reshape(x.shape[:-1] + out.shape[-1:]), x.new_zeros(())
+        return out.reshape(x.shape[:-1] + out.shape[-1:]), None  # no balance loss: a training quantity
 
 
 class SparseMoE(nn.Module):
@@ -138,7 +139,7 @@ class SparseMoE(nn.Module):
         out = self.w2(F.silu(gate) * value, ends, group)
         out = out * weight.flatten()[order].unsqueeze(-1).to(out.dtype)
         out = torch.empty_like(out).index_copy_(0, order, out).unflatten(0, (-1, slots)).sum(1)  # token order
-        return out.reshape(x.shape[:-1] + out.shape[-1:]), x.new_zeros(())
+        return out.reshape(x.shape[:-1] + out.shape[-1:]), None  # no balance loss: a training quantity
 
 
 class GroupedLinear(nn.Module):
@@ -264,8 +265,8 @@ class FusedBlock(nn.Module):
         shift1, scale1, gate1, shift2, scale2, gate2 = (m[:, None] for m in self.mod(c))
         out, v = self.attn(torch.addcmul(shift1, self.norm1(x), scale1), rope, v_prev, attn_mask)
         x = torch.addcmul(x, gate1, out)
-        out, aux = self.ffn(torch.addcmul(shift2, self.norm2(x), scale2))
-        return torch.addcmul(x, gate2, out), v, aux
+        out, _ = self.ffn(torch.addcmul(shift2, self.norm2(x), scale2))
+        return torch.addcmul(x, gate2, out), v, None  # no balance loss to add up: 2 kernels fewer per block
 
 
 class CachedBlockPE(nn.Module):

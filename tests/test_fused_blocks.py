@@ -85,11 +85,11 @@ def test_rewrite_launches_fewer_kernels():
     whole = copy.deepcopy(fused)
     store_matmul_weights(fused)
     kernels["fused_bf16"] = launches(count(fused, 2, 8, 384, True).ops).total()
-    assert kernels["fused_fp32"] < 0.6 * kernels["fp32"], kernels  # measured: 579 of 1196
-    assert kernels["fused_bf16"] < 0.4 * kernels["bf16"], kernels  # with bf16 weights: 713 of 1868
+    assert kernels["fused_fp32"] < 0.6 * kernels["fp32"], kernels  # measured: 555 of 1184
+    assert kernels["fused_bf16"] < 0.4 * kernels["bf16"], kernels  # with bf16 weights: 689 of 1868
     run_in_bf16(whole)  # no autocast casts left, bar the float32 RoPE and router
     kernels["fused_bf16_dit"] = launches(count(whole, 2, 8, 384, True).ops).total()
-    assert kernels["fused_bf16_dit"] < 0.92 * kernels["fused_bf16"], kernels  # 629 of 713
+    assert kernels["fused_bf16_dit"] < 0.92 * kernels["fused_bf16"], kernels  # 605 of 689
     with FakeTensorMode(allow_non_fake_inputs=True):  # at a 64 x 64 latent the activations outweigh the weights
         moved = {name: count(model, 2, 64, 384, True).bytes.total() for name, model in (("fused", fused), ("whole", whole))}
     assert moved["whole"] < 0.85 * moved["fused"], moved  # the residual stream in bf16: 12.8 of 16.3 GB at 128
@@ -97,7 +97,7 @@ def test_rewrite_launches_fewer_kernels():
     store_matmul_weights(sparse)
     kernels["sparse_bf16"] = launches(count(sparse, 2, 8, 384, True).ops).total()
     # the grouped dispatch's sort, gathers and scatter: 9 kernels more per block than the dense rewrite
-    assert kernels["fused_bf16"] < kernels["sparse_bf16"] < 0.45 * kernels["bf16"], kernels  # 821 of 1868
+    assert kernels["fused_bf16"] < kernels["sparse_bf16"] < 0.45 * kernels["bf16"], kernels  # 797 of 1868
 
 
 @pytest.mark.parametrize("routing", ["random", "two_experts_empty"])
@@ -121,7 +121,7 @@ def test_sparse_moe_is_the_moe(routing):
             assert set(moe.route(x.reshape(-1, 48))[2].flatten().tolist()) == {0, 1}
         with torch.autocast("cpu", dtype=torch.bfloat16):
             ref_bf16, out_bf16 = moe(x)[0], sparse(x)[0]
-    assert relative_error(out, ref) < 1e-6 and float(aux) == 0.0 and float(balance) > 0
+    assert relative_error(out, ref) < 1e-6 and aux is None and float(balance) > 0
     assert out_bf16.dtype == ref_bf16.dtype == torch.bfloat16
     assert relative_error(out_bf16, ref) < 2 * relative_error(ref_bf16, ref) + 1e-3
 

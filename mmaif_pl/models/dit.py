@@ -191,7 +191,8 @@ class FusionDiT(nn.Module):
         v, aux = None, x.new_zeros(())
         for block in self.blocks:
             tokens, v, block_aux = block(tokens, c, (h, w), rope, v, attn_mask)
-            aux = aux + block_aux
+            if block_aux is not None:  # None from the sampling rewrite's blocks, which compute no balance loss
+                aux = aux + block_aux
         out = self.unpatchify(self.final(tokens[:, : h * w], c), h, w)
         return out[..., :H, :W], aux / len(self.blocks)
 
