@@ -80,7 +80,7 @@ class FusedMoE(nn.Module):
     # the routing is MoESwiGLU's own: softmax over the router's logits, top-k, renormalised
     select, route = MoESwiGLU.select, MoESwiGLU.route
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         flat = x.reshape(-1, x.shape[-1])
         weights = self.route(flat)[0]  # T x E
         gate, value = self.w13(flat).chunk(2, dim=-1)
@@ -126,7 +126,7 @@ class SparseMoE(nn.Module):
 
     select = MoESwiGLU.select  # the routing is MoESwiGLU's own
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         flat = x.reshape(-1, x.shape[-1])
         _, weight, expert = self.select(flat)  # T x k each
         if len(self.expert_ids) > self.routed:  # the shared expert: every token, weight 1
