@@ -313,7 +313,8 @@ def main(argv=None) -> int:
                       "baseline": f"restore_and_fuse({BASELINE_TASK!r}, {BASELINE_DEGRADATIONS}) on the CPU "
                       f"(OpenCV, {cpu_name()})"}
             print(f"model: preset {mc.preset}, codec {header['codec']}, weights {weights}; "
-                  f"tile {tile or 'off'}, DiT bf16 {'stored, no autocast' if args.bf16_dit else fuser.bf16}, codec bf16 {header['codec_bf16']}, "
+                  f"tile {tile or 'off'}, DiT bf16 {'stored, no autocast' if args.bf16_dit else fuser.bf16}, "
+                  f"codec bf16 {header['codec_bf16']}, "
                   f"compile {args.compile or 'off'}, CUDA graphs {'on' if args.cuda_graphs else 'off'}, "
                   f"fused blocks {'on' if args.fused_blocks or args.sparse_moe else 'off'}"
                   f"{', sparse MoE' if args.sparse_moe else ''}")

@@ -256,7 +256,8 @@ def test_precision_cost_compares_each_precision_with_float32(tmp_path):
 
 def test_data_throughput_writes_the_per_core_rate(tmp_path):
     """The GPU script's `data` step: one worker's samples per second on generated sources of --size."""
-    out = run("data_throughput.py", "--size", "272", "--samples", "6", "--repeats", "1", "--json", str(tmp_path / "d.json"))
+    out = run("data_throughput.py", "--size", "272", "--samples", "6", "--repeats", "1",
+              "--json", str(tmp_path / "d.json"))
     rate = json.loads((tmp_path / "d.json").read_text())["samples_per_second_per_core"]
     printed = re.search(r"median ([\d.]+)", out)
     assert rate > 0 and printed and abs(float(printed.group(1)) - rate) <= 0.051  # 1 and 2 decimals

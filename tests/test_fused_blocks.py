@@ -91,8 +91,9 @@ def test_rewrite_launches_fewer_kernels():
     kernels["fused_bf16_dit"] = launches(count(whole, 2, 8, 384, True).ops).total()
     assert kernels["fused_bf16_dit"] < 0.92 * kernels["fused_bf16"], kernels  # 605 of 689
     with FakeTensorMode(allow_non_fake_inputs=True):  # at a 64 x 64 latent the activations outweigh the weights
-        moved = {name: count(model, 2, 64, 384, True).bytes.total() for name, model in (("fused", fused), ("whole", whole))}
-    assert moved["whole"] < 0.85 * moved["fused"], moved  # the residual stream in bf16: 12.8 of 16.3 GB at 128
+        moved = {name: count(model, 2, 64, 384, True).bytes.total()
+                 for name, model in (("fused", fused), ("whole", whole))}
+    assert moved["whole"] < 0.85 * moved["fused"], moved  # the residual stream in bf16: 12.0 of 14.9 GB at 128
     sparse = fuse_blocks(copy.deepcopy(dit), sparse_moe=True)
     store_matmul_weights(sparse)
     kernels["sparse_bf16"] = launches(count(sparse, 2, 8, 384, True).ops).total()
