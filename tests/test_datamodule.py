@@ -128,6 +128,25 @@ def test_epoch_sampler_shards_whole_batches():
     s0.set_epoch(4)
     assert list(s0) == [(4, i) for i in (0, 1, 2, 6, 7, 8)]
     assert [i for _, i in s1] == [3, 4, 5, 9]
+    # 9 samples of 3 are 3 batches: 2 ranks get one each (a second batch for rank 0 would stall rank 1's step)
+    assert [list(EpochSampler(9, 3, num_replicas=2, rank=r)) for r in (0, 1)] == [[(0, 0), (0, 1), (0, 2)],
+                                                                                 [(0, 3), (0, 4), (0, 5)]]
+    with pytest.raises(ConfigError, match="data.samples_per_epoch = 3 makes 1 batches"):
+        EpochSampler(3, 3, num_replicas=2, rank=0)
+
+
+def test_epoch_sampler_follows_the_batches_trained():
+    """With `position` (the trainer's global step) the keys are those of the run's next batch on: a resumed run's
+    first iterator continues its epoch, and the epoch Lightning passes to set_epoch does not matter."""
+    done = {"n": 0}
+    s = EpochSampler(10, 3, num_replicas=2, rank=1, position=lambda: done["n"])  # 2 batches per rank and epoch
+    s.set_epoch(7)
+    assert list(s) == [(0, 3), (0, 4), (0, 5), (0, 9)]
+    done["n"] = 1  # one batch trained: the rest of epoch 0
+    assert list(s) == [(0, 9)]
+    done["n"] = 5  # epoch 2, its second batch
+    assert list(s) == [(2, 9)]
+    assert len(s) == 4  # Lightning's batches per epoch stay the whole epoch's
 
 
 def test_task_weights_mix(embedded_data):

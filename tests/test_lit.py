@@ -1,6 +1,7 @@
 """LightningModules and the train command on a tiny in-test dataset (CPU, 32 px)."""
 import json
 import pickle
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -184,6 +185,42 @@ def test_train_resume_checkpoint_and_refusals(tmp_path, codec, text):
     other.fit_linear([torch.rand(2, 3, 32, 32)])
     with pytest.raises(UserError, match="refusing to mix"):
         load_module(ckpt, codec=other, text=text)
+
+
+class BatchIds(L.Callback):
+    """The sample ids of every training batch, by global step."""
+
+    def __init__(self):
+        self.ids = {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.ids[trainer.global_step] = list(batch["id"])
+
+
+@pytest.mark.parametrize("stop", [3, 4])  # mid-epoch, and at the end of the first epoch (4 batches per epoch)
+def test_resumed_run_on_the_datamodule_trains_on_the_uninterrupted_runs_batches(tmp_path, embedded_data, stop):
+    """The real DataModule, one loader worker: a run stopped at `stop` and resumed to 6 steps sees the batches the
+    uninterrupted run saw and ends with its weights, bit for bit. (Before the sampler followed the trainer's global
+    step, a resumed run started its epoch over, and Lightning's restarted loop cut the next epoch short.)"""
+    over = [f"data.root={embedded_data}", "data.crop=32", "data.batch_size=2", "data.samples_per_epoch=8",
+            "data.num_workers=1", "data.val_fraction=0.25", "codec.kind=linear", "codec.fit_batches=2",
+            "train.max_steps=6", f"train.val_every={stop}", "train.accelerator=cpu"]  # a checkpoint at `stop`
+    full_ids, resumed_ids = BatchIds(), BatchIds()
+    full, _, _ = run_training(cfg_for(tmp_path, *over, "train.name=full"),
+                              trainer_kwargs={**QUIET, "callbacks": [full_ids]}, log=lambda *_: None)
+    part = cfg_for(tmp_path, *over, "train.name=part")
+    run_training(part, trainer_kwargs={**QUIET, "max_steps": stop}, log=lambda *_: None)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*resuming from a checkpoint that ended before the epoch ended")
+        resumed, trainer, _ = run_training(part, resume="last", trainer_kwargs={**QUIET, "callbacks": [resumed_ids]},
+                                           log=lambda *_: None)
+    assert trainer.global_step == 6
+    assert resumed_ids.ids == {g: ids for g, ids in full_ids.ids.items() if g >= stop}
+    assert [i.split("@")[1] for i in full_ids.ids[4]] == ["1:0", "1:1"]  # epoch 1 starts at step 4
+    wf, wr = weights(full), weights(resumed)
+    assert wf.keys() == wr.keys()
+    for k in wf:
+        torch.testing.assert_close(wr[k], wf[k], rtol=0, atol=0, msg=k)
 
 
 def test_compiled_training_matches_plain_training_and_keeps_the_checkpoint_keys(tmp_path, text):

@@ -235,29 +235,68 @@ class FusionDataset(Dataset):
 
 class EpochSampler(DistributedSampler):
     """Yields (epoch, index) keys, whole batches of consecutive indices per rank. A DistributedSampler
-    subclass so Lightning calls `set_epoch` on it and does not replace it under DDP."""
+    subclass so Lightning calls `set_epoch` on it and does not replace it under DDP. Every rank gets the same
+    number of batches per epoch (a remainder that would give one rank an extra step, and stall the others at
+    their next all-reduce, is left out).
 
-    def __init__(self, length: int, batch_size: int, num_replicas: Optional[int] = None, rank: Optional[int] = None):
+    `position` (a callable; the DataModule passes the trainer's global step, one batch per optimizer step)
+    makes the keys a function of the run's batch number g: epoch g // n, that epoch's batch g % n, for n
+    batches per rank and epoch. Each iterator starts at the batch after the last one trained and ends with its
+    epoch, so a run resumed from any checkpoint, mid-epoch or not, sees the batches the uninterrupted run saw,
+    however Lightning's restarted loop counts epochs (its epoch, given by `set_epoch`, is then not used).
+    Without `position`: the epoch `set_epoch` gave, from its first batch."""
+
+    def __init__(self, length: int, batch_size: int, num_replicas: Optional[int] = None, rank: Optional[int] = None,
+                 position=None):
         # Deliberately not calling DistributedSampler.__init__: it needs a dataset and an initialised process group.
         self.length, self.batch_size = int(length), int(batch_size)
         dist = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.num_replicas = num_replicas if num_replicas is not None else (torch.distributed.get_world_size() if dist else 1)
         self.rank = rank if rank is not None else (torch.distributed.get_rank() if dist else 0)
         self.epoch = 0
+        self.position = position
+        if not self._batches():
+            n_batches = math.ceil(self.length / self.batch_size)
+            raise ConfigError(f"data.samples_per_epoch = {self.length} makes {n_batches} batches of data.batch_size = "
+                              f"{self.batch_size}, fewer than the {self.num_replicas} ranks that share them")
 
-    def _mine(self) -> list[int]:
-        n_batches = math.ceil(self.length / self.batch_size)
-        batches = range(self.rank, n_batches, self.num_replicas)
-        return [i for b in batches for i in range(b * self.batch_size, min((b + 1) * self.batch_size, self.length))]
+    def _batches(self) -> range:
+        """This rank's batches of an epoch."""
+        per_rank = math.ceil(self.length / self.batch_size) // self.num_replicas
+        return range(self.rank, per_rank * self.num_replicas, self.num_replicas)
+
+    def _keys(self, epoch: int, batches: range) -> list[tuple[int, int]]:
+        bs = self.batch_size
+        return [(epoch, i) for b in batches for i in range(b * bs, min((b + 1) * bs, self.length))]
 
     def __iter__(self):
-        return iter([(self.epoch, i) for i in self._mine()])
+        batches = self._batches()
+        if self.position is None:
+            return iter(self._keys(self.epoch, batches))
+        epoch, done = divmod(int(self.position()), len(batches))
+        return iter(self._keys(epoch, batches[done:]))
 
     def __len__(self) -> int:
-        return len(self._mine())
+        return len(self._keys(0, self._batches()))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader with Lightning's `state_dict` / `load_state_dict`, so that a mid-epoch resume is
+    known to be exact. Its position is the number of batches trained, which the checkpoint restores with the
+    trainer's global step before the loader's iterator is made (the EpochSampler reads it from there); the state
+    records it, and loading checks that the two agree."""
+
+    def state_dict(self) -> dict:
+        return {"batches_trained": int(self.sampler.position())}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved, now = int(state["batches_trained"]), int(self.sampler.position())
+        if saved != now:
+            raise RuntimeError(f"the checkpoint's training loader had served {saved} batches, the restored trainer "
+                               f"is at step {now}: the run cannot resume on the batches it would have seen")
 
 
 def collate(samples: Sequence[dict]) -> dict:
@@ -346,18 +385,24 @@ class FusionDataModule(L.LightningDataModule):
         if stage in (None, "test") and self.test_set is None:
             self.test_set = PreparedDataset(Path(self.cfg.data.prepared) / "test")
 
-    def _loader(self, dataset: Dataset, batch_size: int, sampler=None) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, sampler=None, kind=DataLoader) -> DataLoader:
         workers = int(self.cfg.data.num_workers)
         # No cv2.setNumThreads(1) in a worker_init_fn: in a forked worker it deadlocks once the parent has used
         # OpenCV's thread pool (seen with OpenCV 5). PyTorch already makes each worker single-threaded for torch.
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
-                          collate_fn=collate, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+        return kind(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+                    collate_fn=collate, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             self.setup("fit")
         bs = int(self.cfg.data.batch_size)
-        return self._loader(self.train_set, bs, EpochSampler(len(self.train_set), bs))
+        if self.trainer is None:  # outside a fit (tests, benchmarks): epochs by set_epoch
+            return self._loader(self.train_set, bs, EpochSampler(len(self.train_set), bs))
+        return self._loader(self.train_set, bs, EpochSampler(len(self.train_set), bs, position=self._batches_trained),
+                            kind=ResumableLoader)
+
+    def _batches_trained(self) -> int:
+        return self.trainer.global_step  # one batch per optimizer step (no gradient accumulation)
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
         if isinstance(dataset, PreparedDataset):  # variable sizes: one image at a time unless all match
