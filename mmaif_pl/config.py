@@ -164,7 +164,7 @@ class TrainConfig:
     val_batches: int = 4
     accelerator: str = "auto"
     devices: Any = 1
-    strategy: str = "auto"
+    strategy: str = "auto"  # a Lightning strategy name; "fsdp": the sharded DiT of lit/sharding.py (FSDP2)
     num_nodes: int = 1
     val_every: int = 250
     log_every: int = 25

@@ -1,9 +1,10 @@
-"""Multi-process training from config only: two CPU processes, DDP over gloo, through `run_training`.
+"""Multi-process training from config only: two CPU processes over gloo, through `run_training`.
 
-The config says `train.strategy=ddp train.accelerator=cpu train.devices=2`; nothing else changes. Lightning's
-DDP launcher starts the second rank by re-running the script, so the training runs in a small script of its
-own (not inside pytest). Each rank saves its weights; after a few optimizer steps both ranks must hold
-identical DiT and EMA weights, and the weights must have moved from their initialisation.
+The config says `train.strategy=ddp` (or `fsdp`) `train.accelerator=cpu train.devices=2`; nothing else changes.
+Lightning's launcher starts the second rank by re-running the script, so the training runs in a small script of its
+own (not inside pytest). DDP: after a few optimizer steps both ranks must hold identical DiT and EMA weights, moved
+from their initialisation. FSDP (lit/sharding.py): each rank must hold only its shards, and a run stopped and resumed
+must end with DDP's weights, bit for bit, in a checkpoint that a single-device run could have written.
 """
 import json
 import os
@@ -26,23 +27,30 @@ SCRIPT = textwrap.dedent("""
 
     FusionModule.cast_matmul_weights = True  # as on CUDA: under bf16-mixed the one multi-tensor cast, else nothing
 
-    root = Path(sys.argv[1])
+    root, precision, strategy, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    max_steps, stop, resume = int(sys.argv[5]), int(sys.argv[6]), sys.argv[7] == "resume"
     cfg = load([], [f"data.root={root / 'data'}", f"data.prepared={root / 'prepared'}", "data.crop=32",
                     "data.batch_size=2", "data.num_workers=0", "data.samples_per_epoch=16", "data.eval_crop=32",
                     "codec.kind=linear", "codec.fit_batches=2", "model.hidden=64", "model.depth=2", "model.heads=2",
-                    "model.pe_grid=8", "train.max_steps=3", "train.warmup_steps=1", "train.val_every=3",
+                    "model.pe_grid=8", f"train.max_steps={max_steps}", "train.warmup_steps=1", "train.val_every=2",
                     "train.val_batches=1", "train.log_every=1", "train.lr=1e-3", "train.ema_decay=0.5",
-                    f"train.out_dir={root / 'runs'}", f"train.name=ddp_{sys.argv[2]}", f"train.precision={sys.argv[2]}",
-                    "train.strategy=ddp", "train.accelerator=cpu", "train.devices=2"])
-    module, trainer, run_dir = run_training(cfg, trainer_kwargs={"enable_progress_bar": False,
-                                                                 "enable_model_summary": False},
-                                            log=lambda *a: None)
+                    f"train.out_dir={root / 'runs'}", f"train.name={name}", f"train.precision={precision}",
+                    f"train.strategy={strategy}", "train.accelerator=cpu", "train.devices=2"])
+    quiet = {"enable_progress_bar": False, "enable_model_summary": False}
+    module, trainer, run_dir = run_training(cfg, trainer_kwargs={**quiet, **({"max_steps": stop} if stop else {})},
+                                            resume="last" if resume else None, log=lambda *a: None)
     rank = trainer.global_rank
-    torch.save({"dit": module.dit.state_dict(), "ema": module.ema.state_dict()}, root / f"rank{rank}.pt")
+    # under FSDP a parameter is a DTensor holding this rank's rows: gathered (on every rank) for the comparison
+    full = lambda sd: {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in sd.items()}
+    torch.save({"dit": full(module.dit.state_dict()), "ema": full(module.ema.state_dict())}, root / f"rank{rank}.pt")
+    local = lambda p: p.to_local() if hasattr(p, "to_local") else p
     (root / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "world_size": trainer.world_size,
                                                        "step": trainer.global_step,
                                                        "strategy": type(trainer.strategy).__name__,
-                                                       "cast_weights": getattr(module, "_matmul_casts", None) is not None}))
+                                                       "cast_weights": hasattr(module, "_matmul_casts"),
+                                                       "numel": sum(p.numel() for p in module.dit.parameters()),
+                                                       "local_numel": sum(local(p).numel()
+                                                                          for p in module.dit.parameters())}))
 """)
 
 
@@ -60,32 +68,89 @@ def tiny_data(tmp_path_factory) -> Path:
     return root
 
 
+def train_two_ranks(root: Path, precision: str, strategy: str, name: str, max_steps: int, stop: int = 0,
+                    resume: bool = False) -> list[dict]:
+    """Run the script on two ranks; -> each rank's info (its weights are in rank<r>.pt)."""
+    for old in root.glob("rank*"):
+        old.unlink()
+    script = root / "train_ranks.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    args = [str(root), precision, strategy, name, str(max_steps), str(stop), "resume" if resume else "new"]
+    res = subprocess.run([sys.executable, str(script), *args], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=280)
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-5000:])
+    infos = [json.loads((root / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [i["rank"] for i in infos] == [0, 1]
+    assert all(i["world_size"] == 2 for i in infos), infos
+    return infos
+
+
+def rank_weights(root: Path) -> list[dict]:
+    return [torch.load(root / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+def assert_same(x: dict, y: dict, what: str) -> None:
+    assert x.keys() == y.keys(), what
+    for k in x:
+        torch.testing.assert_close(x[k], y[k], rtol=0, atol=0, msg=f"{what}: {k} differs")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_ddp_two_cpu_ranks_hold_identical_weights(tiny_data, precision):
     """32-true, as the CPU pipeline trains; bf16-mixed, as a GPU run trains, where the gradients reach DDP through
     the one multi-tensor cast of the matmul weights (lit/matmul_weights.py)."""
-    for old in tiny_data.glob("rank*"):
-        old.unlink()
-    script = tiny_data / "train_ddp.py"
-    script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, str(script), str(tiny_data), precision], cwd=tiny_data, env=env,
-                         capture_output=True, text=True, timeout=280)
-    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-5000:])
-
-    infos = [json.loads((tiny_data / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert [i["rank"] for i in infos] == [0, 1]
-    assert all(i["world_size"] == 2 and i["step"] == 3 for i in infos), infos
+    infos = train_two_ranks(tiny_data, precision, "ddp", f"ddp_{precision}", max_steps=3)
+    assert all(i["step"] == 3 for i in infos), infos
     assert all(i["strategy"] == "DDPStrategy" for i in infos), infos
     assert all(i["cast_weights"] == (precision == "bf16-mixed") for i in infos), infos
 
-    w0, w1 = (torch.load(tiny_data / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    w0, w1 = rank_weights(tiny_data)
     for part in ("dit", "ema"):
-        assert w0[part].keys() == w1[part].keys()
-        for k in w0[part]:
-            torch.testing.assert_close(w0[part][k], w1[part][k], rtol=0, atol=0, msg=f"{part}.{k} differs across ranks")
+        assert_same(w0[part], w1[part], f"{part} across ranks")
     # the weights moved: the zero-initialised output layer is no longer zero after 3 steps
     assert w0["dit"]["final.linear.weight"].abs().sum() > 0
     assert (tiny_data / "runs" / f"ddp_{precision}" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_fsdp_two_cpu_ranks_shard_resume_and_match_ddp(tiny_data):
+    """`train.strategy=fsdp`: FSDP2 through Lightning's ModelParallelStrategy (lit/sharding.py). Each rank holds
+    about half of the DiT; a run stopped at step 2 and resumed to 4 ends with the weights and EMA that DDP reaches
+    in 4 uninterrupted steps, bit for bit (the same gradients, averaged by a reduce-scatter instead of an
+    all-reduce, and the EMA updated shard by shard); its checkpoint has DDP's keys, whole tensors and optimizer
+    state, so `mmaif fuse` and a single-device resume read it as they read any other."""
+    from mmaif_pl.lit.fusion import read_checkpoint
+
+    train_two_ranks(tiny_data, "32-true", "ddp", "ref_ddp", max_steps=4)
+    ddp = rank_weights(tiny_data)[0]
+
+    first = train_two_ranks(tiny_data, "32-true", "fsdp", "fsdp", max_steps=4, stop=2)
+    assert all(i["strategy"] == "ShardedDataParallel" and i["step"] == 2 for i in first), first
+    assert not any(i["cast_weights"] for i in first)
+    numel = first[0]["numel"]
+    assert sum(i["local_numel"] for i in first) == numel, first  # every row on exactly one rank
+    assert all(i["local_numel"] < 0.6 * numel for i in first), first
+
+    resumed = train_two_ranks(tiny_data, "32-true", "fsdp", "fsdp", max_steps=4, resume=True)
+    assert all(i["step"] == 4 for i in resumed), resumed
+    fsdp = rank_weights(tiny_data)
+    for part in ("dit", "ema"):
+        assert_same(fsdp[0][part], ddp[part], f"{part}: FSDP (stopped, resumed) against DDP")
+        assert_same(fsdp[1][part], ddp[part], f"{part}: FSDP rank 1 against DDP")
+
+    runs = tiny_data / "runs"
+    ckpt_fsdp = torch.load(runs / "fsdp" / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt_ddp = torch.load(runs / "ref_ddp" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt_fsdp["global_step"] == 4 and read_checkpoint(runs / "fsdp" / "checkpoints" / "last.ckpt")["mmaif"]
+    assert all(type(v) is torch.Tensor for v in ckpt_fsdp["state_dict"].values())  # whole tensors, not shards
+    assert_same(ckpt_fsdp["state_dict"], ckpt_ddp["state_dict"], "checkpoint state_dict")
+    # the optimizer state, group by group in parameter order (how torch's load_state_dict pairs it with parameters)
+    opt_f, opt_d = ckpt_fsdp["optimizer_states"][0], ckpt_ddp["optimizer_states"][0]
+    for group_f, group_d in zip(opt_f["param_groups"], opt_d["param_groups"], strict=True):
+        assert len(group_f["params"]) == len(group_d["params"])
+        for i_f, i_d in zip(group_f["params"], group_d["params"]):
+            assert_same(opt_f["state"][i_f], opt_d["state"][i_d], "AdamW state")

@@ -170,6 +170,7 @@ def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs
     from ..models.text import TextEncoder
     from .callbacks import ImageGridLogger, MetricsJSON
     from .fusion import FusionModule, build_module
+    from .sharding import resolve_strategy
 
     tc = cfg.train
     if codec_bf16 and _device(tc.accelerator).type != "cuda":
@@ -207,7 +208,8 @@ def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs
         raise ConfigError(f"train.steps_factor must be > 0, got {tc.steps_factor}")
     max_steps = max(1, round(tc.max_steps * tc.steps_factor))
     kwargs = dict(max_steps=max_steps, precision=_precision(tc.precision), accelerator=tc.accelerator,
-                  devices=tc.devices, strategy=tc.strategy, num_nodes=tc.num_nodes, gradient_clip_val=tc.grad_clip,
+                  devices=tc.devices, strategy=resolve_strategy(tc.strategy), num_nodes=tc.num_nodes,
+                  gradient_clip_val=tc.grad_clip,
                   val_check_interval=tc.val_every, check_val_every_n_epoch=None, limit_val_batches=tc.val_batches,
                   log_every_n_steps=tc.log_every, logger=logger,
                   callbacks=[ckpt_cb, ImageGridLogger(), MetricsJSON(run_dir / "metrics.json")])

@@ -28,6 +28,7 @@ from ..models.flow import LinearPath, LogitNormalTime, UniformTime, euler_sample
 from ..models.text import TextEncoder, to_device_async
 from .callbacks import ema_decay, log_for_progress_bar, update_ema
 from .matmul_weights import CastMatmulWeights, bf16_autocast_on
+from .sharding import is_sharded, shard_dit
 
 CKPT_FORMAT = 1
 
@@ -245,6 +246,9 @@ class FusionModule(L.LightningModule):
         # EMA right after the step (not in on_train_batch_end, which runs after the checkpoint callback:
         # a resumed run would then miss one update)
         super().optimizer_step(*args, **kwargs)
+        if is_sharded(self.ema):  # FSDP2 leaves a root unit gathered after its forward (the EMA's, in validation)
+            self.ema.reshard()
+            self.dit.reshard()
         update_ema(self.ema, self.dit, ema_decay(self.global_step, self.cfg.train.ema_decay))
 
     @torch.no_grad()
@@ -298,6 +302,16 @@ class FusionModule(L.LightningModule):
     # AdamW's implementation: None chooses (`use_fused_adamw`); True / False force it (the tests run the fused
     # path on the CPU). Like `mmaif train --compile`, it changes float rounding and speed, not the experiment.
     fused_adamw: Optional[bool] = None
+
+    def configure_model(self):
+        """Under `train.strategy=fsdp` (lit/sharding.py, Lightning gives the module a device mesh): shard the DiT and
+        its EMA copy block by block, alike, so each EMA shard updates from its own DiT shard. Once: the hook runs
+        again for a later fit or validate."""
+        if self.device_mesh is None or is_sharded(self.dit):
+            return
+        mesh = self.device_mesh["data_parallel"]
+        shard_dit(self.dit, mesh)
+        shard_dit(self.ema, mesh)
 
     def configure_optimizers(self):
         tc = self.cfg.train
