@@ -12,8 +12,8 @@
 #   bash benchmarks/gpu_prepare.sh                 # here, once: missing wheels + MiniLM tokenizer -> .gpu_assets/
 #   device run: command "bash benchmarks/gpu_check.sh", carry [".gpu_assets"], timeout_s 600
 #   a subset: "ONLY='tests graphs throughput' DEADLINE=200 bash benchmarks/gpu_check.sh"
-#   (steps, in order: tests graphs sparse bf16dit taesd unfused profile compile throughput data trainc traincg eager big codec
-#   kl)
+#   (steps, in order: tests graphs sparse bf16dit taesd unfused profile compile throughput data fsdp trainc traincg eager big
+#   codec kl)
 # Results in $OUT (or the folder given as $1; default gpu_check/): log.txt, latency_graphs.json, throughput.json,
 # latency.json, latency_4096.json, codec_psnr.json, latency_compiled.json (7 files, all small; the device tool
 # returns 8 at most; a latency JSON of a step stopped at its limit holds the rows it finished).
@@ -130,6 +130,10 @@ step throughput 150 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "$
 # -- one loader worker's rate with OpenCV on one thread, beside the loader's N-worker rate above: the loader's
 #    workers each leave OpenCV its all-core thread pool (setting it after fork deadlocks); log only
 step data 30 $PY benchmarks/data_throughput.py --samples 200 --repeats 3
+
+# -- FSDP (train.strategy=fsdp, lit/sharding.py) on one GPU against the default strategy: it runs on CUDA -------
+step fsdp 45 $PY -m pytest -q -p no:cacheprovider \
+  tests/test_ddp.py::test_fsdp_on_one_gpu_trains_like_the_default_strategy
 
 # -- the same with the DiT's blocks compiled (regional torch.compile, forward and backward) ----------------------
 step trainc 150 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --compile default "${TEXT[@]}"  # log only
