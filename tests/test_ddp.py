@@ -119,6 +119,18 @@ def test_ddp_two_cpu_ranks_hold_identical_weights(tiny_data, precision):
     assert (tiny_data / "runs" / f"ddp_{precision}" / "checkpoints" / "last.ckpt").is_file()
 
 
+def test_strategy_names():
+    """`fsdp` is the FSDP2 strategy; Lightning's flat-parameter sharding is refused with the key named."""
+    from mmaif_pl.errors import ConfigError
+    from mmaif_pl.lit.sharding import ShardedDataParallel, resolve_strategy
+
+    assert isinstance(resolve_strategy("fsdp"), ShardedDataParallel)
+    assert resolve_strategy("ddp") == "ddp" and resolve_strategy("auto") == "auto"
+    for name in ("fsdp_cpu_offload", "deepspeed_stage_3"):
+        with pytest.raises(ConfigError, match=f"train.strategy={name} shards the model with flat parameters"):
+            resolve_strategy(name)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_fsdp_two_cpu_ranks_shard_resume_and_match_ddp(tiny_data):

@@ -187,6 +187,23 @@ def test_train_resume_checkpoint_and_refusals(tmp_path, codec, text):
         load_module(ckpt, codec=other, text=text)
 
 
+@pytest.mark.parametrize("bad, message", [("train.accelerator=bogus", "train.accelerator=bogus"),
+                                          ("train.strategy=fsdp_cpu_offload", "train.strategy=fsdp_cpu_offload"),
+                                          ("train.steps_factor=0", "train.steps_factor must be > 0")])
+def test_bad_trainer_settings_fail_before_anything_is_written(tmp_path, bad, message):
+    """A setting Lightning (or the sharding rule) refuses is a one-line ConfigError naming the key, raised before
+    the run folder is touched: an existing run's config, codec and checkpoints stay as they were."""
+    run = tmp_path / "regression"
+    run.mkdir()
+    (run / "config.yaml").write_text("the existing run's config\n")
+    with pytest.raises(ConfigError, match=message):
+        run_training(cfg_for(tmp_path, "codec.kind=linear", "train.accelerator=cpu", "train.max_steps=1", bad),
+                     datamodule=TinyDM(), trainer_kwargs={k: v for k, v in QUIET.items() if k != "accelerator"},
+                     log=lambda *_: None)
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+    assert (run / "config.yaml").read_text() == "the existing run's config\n"
+
+
 class BatchIds(L.Callback):
     """The sample ids of every training batch, by global step."""
 

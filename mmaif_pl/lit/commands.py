@@ -152,6 +152,37 @@ def prepare_codec(cfg, run_dir: Path, train_loader=None):
     return codec
 
 
+def _trainer(cfg, run_dir: Path, strategy, trainer_kwargs=None):
+    """The fusion run's Lightning Trainer. Lightning's refusals of the train.* settings (an unknown accelerator, a
+    strategy the device cannot run, ...) become a ConfigError; building it writes nothing."""
+    import lightning as L
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from .callbacks import ImageGridLogger, MetricsJSON
+
+    tc = cfg.train
+    logger = TensorBoardLogger(save_dir=tc.out_dir, name=tc.name, version="", default_hp_metric=False)
+    ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
+                              every_n_train_steps=tc.val_every, save_last=True, save_top_k=1)
+    max_steps = max(1, round(tc.max_steps * tc.steps_factor))
+    kwargs = dict(max_steps=max_steps, precision=_precision(tc.precision), accelerator=tc.accelerator,
+                  devices=tc.devices, strategy=strategy, num_nodes=tc.num_nodes, gradient_clip_val=tc.grad_clip,
+                  val_check_interval=tc.val_every, check_val_every_n_epoch=None, limit_val_batches=tc.val_batches,
+                  log_every_n_steps=tc.log_every, logger=logger,
+                  callbacks=[ckpt_cb, ImageGridLogger(), MetricsJSON(run_dir / "metrics.json")])
+    if tc.max_time_minutes:
+        kwargs["max_time"] = {"minutes": tc.max_time_minutes}
+    kwargs.update(trainer_kwargs or {})
+    try:
+        return L.Trainer(**kwargs)
+    except (ValueError, MisconfigurationException) as exc:
+        raise ConfigError(f"Lightning refused the run's settings (train.accelerator={tc.accelerator}, "
+                          f"train.devices={tc.devices}, train.strategy={tc.strategy}, train.num_nodes={tc.num_nodes}, "
+                          f"train.precision={tc.precision}): {exc}") from exc
+
+
 def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs=None, log=print,
                  compile_mode: str | None = None, compile_backend="inductor", codec_bf16: bool = False,
                  channels_last: bool = False):
@@ -164,19 +195,20 @@ def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs
     a learned codec's convolutions channels-last, the codec fast paths of inference.
     """
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import TensorBoardLogger
 
     from ..models.text import TextEncoder
-    from .callbacks import ImageGridLogger, MetricsJSON
     from .fusion import FusionModule, build_module
     from .sharding import resolve_strategy
 
     tc = cfg.train
+    strategy = resolve_strategy(tc.strategy)  # bad values fail here, before anything is written
+    if tc.steps_factor <= 0:
+        raise ConfigError(f"train.steps_factor must be > 0, got {tc.steps_factor}")
     if codec_bf16 and _device(tc.accelerator).type != "cuda":
         raise UserError(f"--codec-bf16 runs the codec under bf16 autocast on a GPU; this run trains on the CPU "
                         f"(train.accelerator={tc.accelerator})")
     run_dir = Path(tc.out_dir) / tc.name
+    trainer = _trainer(cfg, run_dir, strategy, trainer_kwargs)  # Lightning checks its settings: before any write
     dm = datamodule if datamodule is not None else _datamodule(cfg, train_keys=FusionModule.training_image_keys(cfg))
     train_loader = None
     if datamodule is not None:
@@ -201,22 +233,6 @@ def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs
         from ..fuse import accelerate
 
         accelerate(module, channels_last=channels_last, codec_bf16=codec_bf16)
-    logger = TensorBoardLogger(save_dir=tc.out_dir, name=tc.name, version="", default_hp_metric=False)
-    ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False,
-                              every_n_train_steps=tc.val_every, save_last=True, save_top_k=1)
-    if tc.steps_factor <= 0:
-        raise ConfigError(f"train.steps_factor must be > 0, got {tc.steps_factor}")
-    max_steps = max(1, round(tc.max_steps * tc.steps_factor))
-    kwargs = dict(max_steps=max_steps, precision=_precision(tc.precision), accelerator=tc.accelerator,
-                  devices=tc.devices, strategy=resolve_strategy(tc.strategy), num_nodes=tc.num_nodes,
-                  gradient_clip_val=tc.grad_clip,
-                  val_check_interval=tc.val_every, check_val_every_n_epoch=None, limit_val_batches=tc.val_batches,
-                  log_every_n_steps=tc.log_every, logger=logger,
-                  callbacks=[ckpt_cb, ImageGridLogger(), MetricsJSON(run_dir / "metrics.json")])
-    if tc.max_time_minutes:
-        kwargs["max_time"] = {"minutes": tc.max_time_minutes}
-    kwargs.update(trainer_kwargs or {})
-    trainer = L.Trainer(**kwargs)
     t0 = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
     last = run_dir / "checkpoints" / "last.ckpt"

@@ -18,6 +18,8 @@ import warnings
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class ShardedDataParallel(ModelParallelStrategy):
     """Lightning's ModelParallelStrategy as plain FSDP: a 1 x world mesh (no tensor parallelism), one full checkpoint
@@ -34,8 +36,16 @@ class ShardedDataParallel(ModelParallelStrategy):
 
 
 def resolve_strategy(name):
-    """`train.strategy` -> what the Trainer gets: `fsdp` is `ShardedDataParallel`, any other name passes through."""
-    return ShardedDataParallel() if name == "fsdp" else name
+    """`train.strategy` -> what the Trainer gets: `fsdp` is `ShardedDataParallel`; Lightning's other sharding
+    strategies are refused (their flat parameters would split the DiT and its EMA differently); any other name passes
+    through."""
+    if name == "fsdp":
+        return ShardedDataParallel()
+    if isinstance(name, str) and (name.startswith("fsdp_") or name.startswith("deepspeed_stage_3")):
+        raise ConfigError(f"train.strategy={name} shards the model with flat parameters, which split the DiT and its "
+                          f"EMA copy differently, so the EMA update would pair unrelated pieces; use "
+                          f"train.strategy=fsdp (FSDP2, the DiT and its EMA sharded alike)")
+    return name
 
 
 def shard_dit(dit: nn.Module, mesh) -> None:
