@@ -247,3 +247,19 @@ def test_codec_training_reads_nothing_back_from_the_device_between_log_steps(lin
         fit_codec(codec, load([], ["codec.steps=7", "codec.fit_batches=1"]).codec, lambda: DataLoader(samples),
                   trainer_kwargs={**QUIET, "log_every_n_steps": 3, "callbacks": [reads.steps()]}, log=lambda *a: None)
     assert set(reads.reads) == {2, 5}, reads.reads
+
+
+def test_codec_training_refuses_bad_trainer_settings_with_the_key_named(linear, photos):
+    """`mmaif train-codec train.accelerator=bogus`: a one-line ConfigError naming the key, not Lightning's traceback."""
+    from torch.utils.data import DataLoader
+
+    from mmaif_pl.config import load
+    from mmaif_pl.errors import ConfigError
+    from mmaif_pl.lit.codec import fit_codec
+
+    codec = LatentCodec("tiny", 4, 16, [8, 8, 8])
+    codec.linear.load_state_dict(linear.linear.state_dict())
+    samples = [{"a": p[0, :, :32, :32], "b": p[0, :, 32:64, :32]} for p in photos[0]]
+    with pytest.raises(ConfigError, match="train.accelerator=bogus"):
+        fit_codec(codec, load([], ["codec.steps=2", "codec.fit_batches=1"]).codec, lambda: DataLoader(samples),
+                  trainer_kwargs={"accelerator": "bogus", "precision": "32-true"}, log=lambda *a: None)

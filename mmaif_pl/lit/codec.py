@@ -15,6 +15,7 @@ import torch
 from ..models.codec import LatentCodec, psnr
 from .callbacks import log_for_progress_bar
 from .fusion import _sobel_mag
+from .trainer import checked_trainer
 
 IMAGE_KEYS = ("a", "b", "a_clean", "b_clean", "target")
 
@@ -68,8 +69,9 @@ def fit_codec(codec: LatentCodec, cfg, train_loader: Callable[[], Iterable[dict]
             f"({time.time() - t0:.1f}s)")
     if codec.ae is not None and codec.kind != "pretrained" and cfg.steps > 0:
         codec.train().requires_grad_(True)
-        trainer = L.Trainer(max_steps=cfg.steps, logger=False, enable_checkpointing=False,
-                            **(trainer_kwargs or {}))
+        kwargs = trainer_kwargs or {}
+        settings = ", ".join(f"train.{k}={kwargs[k]}" for k in ("accelerator", "precision") if k in kwargs)
+        trainer = checked_trainer(settings, max_steps=cfg.steps, logger=False, enable_checkpointing=False, **kwargs)
         trainer.fit(CodecModule(codec, cfg.lr, cfg.kl_weight), train_dataloaders=train_loader())
     codec.eval().requires_grad_(False).to(device)
     codec.measure_stats(take(train_loader(), cfg.fit_batches))

@@ -153,14 +153,12 @@ def prepare_codec(cfg, run_dir: Path, train_loader=None):
 
 
 def _trainer(cfg, run_dir: Path, strategy, trainer_kwargs=None):
-    """The fusion run's Lightning Trainer. Lightning's refusals of the train.* settings (an unknown accelerator, a
-    strategy the device cannot run, ...) become a ConfigError; building it writes nothing."""
-    import lightning as L
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    """The fusion run's Lightning Trainer (its refusals of the train.* settings are ConfigErrors); writes nothing."""
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from .callbacks import ImageGridLogger, MetricsJSON
+    from .trainer import checked_trainer
 
     tc = cfg.train
     logger = TensorBoardLogger(save_dir=tc.out_dir, name=tc.name, version="", default_hp_metric=False)
@@ -175,12 +173,8 @@ def _trainer(cfg, run_dir: Path, strategy, trainer_kwargs=None):
     if tc.max_time_minutes:
         kwargs["max_time"] = {"minutes": tc.max_time_minutes}
     kwargs.update(trainer_kwargs or {})
-    try:
-        return L.Trainer(**kwargs)
-    except (ValueError, MisconfigurationException) as exc:
-        raise ConfigError(f"Lightning refused the run's settings (train.accelerator={tc.accelerator}, "
-                          f"train.devices={tc.devices}, train.strategy={tc.strategy}, train.num_nodes={tc.num_nodes}, "
-                          f"train.precision={tc.precision}): {exc}") from exc
+    return checked_trainer(f"train.accelerator={tc.accelerator}, train.devices={tc.devices}, train.strategy="
+                           f"{tc.strategy}, train.num_nodes={tc.num_nodes}, train.precision={tc.precision}", **kwargs)
 
 
 def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs=None, log=print,
