@@ -5,8 +5,8 @@ wrapped unit per module the EMA copy of the DiT would not be split into shards t
 (`callbacks.update_ema`, a lerp of each EMA parameter towards its DiT twin) would pair unrelated pieces. FSDP2 shards
 each parameter on its first dimension (a DTensor) within the unit it belongs to. Sharding the DiT and its EMA copy
 block by block in the same way gives each EMA shard the same rows as its DiT shard, so the update stays a pointwise
-lerp on the local shards and no rank ever holds a whole model. The frozen codec and text encoder are not in the
-module's registry (lit/fusion.py) and stay whole on every rank.
+lerp on the local shards; a rank gathers one block (and the root unit) at a time, never the whole model. The frozen
+codec and text encoder are not in the module's registry (lit/fusion.py) and stay whole on every rank.
 
 Through Lightning's `ModelParallelStrategy` (the FSDP2 route), with every process one data-parallel rank and the
 checkpoint assembled on rank 0 as one file, the same file a single-device run writes.
