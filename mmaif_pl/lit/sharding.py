@@ -22,8 +22,8 @@ from ..errors import ConfigError
 
 
 class ShardedDataParallel(ModelParallelStrategy):
-    """Lightning's ModelParallelStrategy as plain FSDP: a 1 x world mesh (no tensor parallelism), one full checkpoint
-    file on rank 0 (what `mmaif fuse`, the evaluation and `--resume` read)."""
+    """Lightning's ModelParallelStrategy as plain FSDP: a world x 1 mesh (every rank data-parallel, no tensor
+    parallelism), one full checkpoint file on rank 0 (what `mmaif fuse`, the evaluation and `--resume` read)."""
 
     def __init__(self, **kwargs):
         super().__init__(save_distributed_checkpoint=False, **kwargs)
