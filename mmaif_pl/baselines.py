@@ -23,6 +23,7 @@ from typing import Callable, Optional, Sequence, Union
 import cv2
 import numpy as np
 
+from .data.color import luma
 from .errors import UserError
 
 FUSION_RULES = ("auto", "average", "laplacian", "guided", "mertens", "focus")
@@ -52,10 +53,6 @@ def _f32(img: np.ndarray) -> np.ndarray:
 
 def _is_gray(img: np.ndarray) -> bool:
     return bool(np.abs(img[..., 0] - img[..., 1]).max() < 1e-5 and np.abs(img[..., 0] - img[..., 2]).max() < 1e-5)
-
-
-def _luma(img: np.ndarray) -> np.ndarray:
-    return img @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
@@ -92,7 +89,7 @@ def denoise_nlm(img: np.ndarray, sigma: Optional[float] = None) -> np.ndarray:
 def estimate_noise_sigma(img: np.ndarray) -> float:
     """Immerkaer's estimator: sigma = sqrt(pi/2) / (6 (W-2)(H-2)) sum |I * N|, N the 3x3 Laplacian difference mask."""
     mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-    response = cv2.filter2D(_luma(img), -1, mask)[1:-1, 1:-1]
+    response = cv2.filter2D(luma(img), -1, mask)[1:-1, 1:-1]
     return float(np.sqrt(np.pi / 2) * np.abs(response).sum() / (6 * response.size))
 
 
@@ -143,7 +140,7 @@ def dehaze_dark_channel(img: np.ndarray, patch: int = 15, omega: float = 0.95, t
     idx = np.argpartition(dark.ravel(), -n)[-n:]
     airlight = np.maximum(img.reshape(-1, 3)[idx].mean(0), 1e-3)
     t = 1 - omega * cv2.erode((img / airlight).min(axis=2), kernel)
-    t = guided_filter(_luma(img), t.astype(np.float32), 30, 1e-3)
+    t = guided_filter(luma(img), t.astype(np.float32), 30, 1e-3)
     t = np.maximum(t, t_min)[..., None]
     return np.clip((img - airlight) / t + airlight, 0, 1).astype(np.float32)
 
@@ -170,7 +167,7 @@ def inverse_exposure(img: np.ndarray, gain: float) -> np.ndarray:
 
 def inverse_contrast(img: np.ndarray, factor: float) -> np.ndarray:
     """Undo out = mu + f (x - mu) about the mean luminance."""
-    mu = float(_luma(img).mean())
+    mu = float(luma(img).mean())
     return np.clip(mu + (img - mu) / factor, 0, 1).astype(np.float32)
 
 
@@ -282,7 +279,7 @@ def fuse_guided(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     imgs = [a, b]
     base = [cv2.blur(x, (31, 31), borderType=cv2.BORDER_REFLECT) for x in imgs]
     detail = [x - bx for x, bx in zip(imgs, base)]
-    grays = [_luma(x) for x in imgs]
+    grays = [luma(x) for x in imgs]
     saliency = [cv2.GaussianBlur(np.abs(cv2.Laplacian(g, cv2.CV_32F)), (11, 11), 5) for g in grays]
     pick = (saliency[0] >= saliency[1]).astype(np.float32)
     masks = [pick, 1 - pick]
@@ -302,7 +299,7 @@ def fuse_mertens(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def fuse_focus(a: np.ndarray, b: np.ndarray, window: int = 9) -> np.ndarray:
     """Multi-focus rule: local energy of the Laplacian decides per pixel; the decision map is cleaned by a
     median filter and softened along edges by a guided filter."""
-    ga, gb = _luma(a), _luma(b)
+    ga, gb = luma(a), luma(b)
 
     def focus(g: np.ndarray) -> np.ndarray:
         return cv2.blur(cv2.Laplacian(g, cv2.CV_32F, ksize=3) ** 2, (window, window), borderType=cv2.BORDER_REFLECT)
@@ -337,7 +334,7 @@ def fuse(a: np.ndarray, b: np.ndarray, task: str, rule: str = "auto") -> np.ndar
     if task == "vif" and rule != "mertens":
         ycc = cv2.cvtColor(a, cv2.COLOR_RGB2YCrCb)
         y_a = np.repeat(ycc[..., :1], 3, axis=2)
-        y_b = np.repeat(_luma(b)[..., None], 3, axis=2)
+        y_b = np.repeat(luma(b)[..., None], 3, axis=2)
         ycc[..., 0] = _RULES[rule](y_a, y_b)[..., 0]
         return np.clip(cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB), 0, 1)
     return _RULES[rule](a, b).astype(np.float32)

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError
+from .color import luma
 
 SEVERITIES = ("mild", "moderate", "heavy")
 GAMMA = 2.2  # sRGB <-> linear light, the usual power-law approximation
@@ -46,10 +47,6 @@ def _noise_like(img: np.ndarray, rng: np.random.Generator, gray: bool) -> np.nda
     """Standard normal noise, one plane broadcast over channels for gray images."""
     h, w = img.shape[:2]
     return rng.standard_normal((h, w, 1 if gray else 3), dtype=np.float32)
-
-
-def _luminance(img: np.ndarray) -> np.ndarray:
-    return img @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def _line_kernel(length: float, angle_deg: float, width: float = 1.0, normalise: bool = True) -> np.ndarray:
@@ -213,7 +210,7 @@ def _over_exposure(img: np.ndarray, p: dict) -> np.ndarray:
 
 def _contrast(img: np.ndarray, p: dict) -> np.ndarray:
     """Contrast scaled about the mean luminance, out = mu + f (x - mu), clipped."""
-    mu = np.float32(_luminance(img).mean())
+    mu = np.float32(luma(img).mean())
     return _finish(mu + np.float32(p["factor"]) * (img - mu))
 
 

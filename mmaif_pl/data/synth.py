@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from . import teacher
+from .color import luma
 from .io import encode_png, write_bytes_atomic
 
 TRAIN_PHOTOS = (
@@ -151,7 +152,7 @@ def make_mef(img, depth, rng):
 def _pseudo_thermal(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Emission, not reflectance: smooth low-texture background, edges of the scene, warm targets."""
     h, w = img.shape[:2]
-    gray = img @ np.array([0.299, 0.587, 0.114])
+    gray = luma(img, np.float64)
     structure = cv2.GaussianBlur(gray, (0, 0), 2.0)
     background = 0.25 + 0.25 * structure + 0.15 * _smooth_noise((h, w), min(h, w) / 4, rng)
     targets = np.zeros((h, w))

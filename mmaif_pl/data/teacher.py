@@ -11,10 +11,7 @@ import cv2
 import numpy as np
 
 from ..errors import UserError
-
-
-def _luma(img: np.ndarray) -> np.ndarray:
-    return img @ np.array([0.299, 0.587, 0.114], dtype=img.dtype)
+from .color import luma
 
 
 def _two_scale(y: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
@@ -28,7 +25,7 @@ def max_base_detail(a: np.ndarray, b: np.ndarray, sigma: float = 5.0) -> np.ndar
     The max base keeps warm infrared targets bright in a dark visible scene; max-abs detail keeps the
     texture of whichever source shows it. Chroma comes from the visible source (a) alone.
     """
-    ya, yb = _luma(a), _luma(b)
+    ya, yb = luma(a, a.dtype), luma(b, b.dtype)
     base_a, det_a = _two_scale(ya, sigma)
     base_b, det_b = _two_scale(yb, sigma)
     y = np.maximum(base_a, base_b) + np.where(np.abs(det_a) >= np.abs(det_b), det_a, det_b)
