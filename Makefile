@@ -51,6 +51,9 @@ push: $(STAMP)  ## store data, codec and every checkpoint in the default DVC rem
 	$(BIN)/dvc push
 
 pull: $(STAMP)  ## fetch them back (then `dvc repro` retrains nothing)
+	@url=$$($(BIN)/dvc config remote.$$($(BIN)/dvc remote default).url); case "$$url" in *://*) ;; *) test -d "$$url" || { \
+	  echo "error: the DVC remote $$url is not on this machine: point it at your copy" \
+	       "(.venv/bin/dvc remote modify storage url PATH) or rebuild everything with 'make ablation'"; exit 1; };; esac
 	$(BIN)/dvc pull
 
 clean:  ## remove caches (not data, runs or .venv)

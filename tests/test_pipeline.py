@@ -85,3 +85,19 @@ def test_committed_dvc_lock_matches_the_code_and_params():
                 stale.append(f"{stage}: params {change['changed params']}")
     assert not stale, ("dvc.lock is stale, rerun the pipeline (`make ablation`) and commit dvc.lock, or "
                        "`dvc commit` stages whose outputs cannot change:\n" + "\n".join(stale))
+
+
+def test_make_pull_names_a_remote_that_is_not_on_this_machine(tmp_path):
+    """A fresh clone's default remote (a folder beside the repository) is not there: `make pull` says so and how to
+    go on, instead of dvc's "Everything is up to date" followed by a failed checkout."""
+    shutil.copy(REPO / "Makefile", tmp_path)
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    os.utime(tmp_path / "pyproject.toml", (0, 0))  # older than .venv's stamp: make does not reinstall
+    (tmp_path / ".venv").symlink_to(BIN.parent)
+    _run(["dvc", "init", "--no-scm", "-q"], tmp_path)
+    _run(["dvc", "remote", "add", "-d", "storage", str(tmp_path / "no-such-storage")], tmp_path)
+    r = subprocess.run(["make", "pull"], cwd=tmp_path, capture_output=True, text=True,
+                       env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    assert r.returncode != 0
+    assert f"the DVC remote {tmp_path / 'no-such-storage'} is not on this machine" in r.stdout, r.stdout + r.stderr
+    assert "make ablation" in r.stdout
