@@ -98,13 +98,13 @@ def count_training_step(make_dit, inputs: int, grid: int, text_dim: int, autocas
     """Operations per phase of one training step as `mmaif train` takes it on a GPU (bf16-mixed forward, backward,
     gradient clipping, FusionModule's AdamW, fused or multi-tensor, the EMA update), after one step that creates
     the optimizer state. `make_dit()` builds the DiT (twice: the model and its EMA). `cast_weights`: the DiT runs
-    on one-cast bf16 copies of its matmul weights (lit/matmul_weights.py), as FusionModule trains it under bf16
-    autocast; else autocast casts each weight."""
+    on bf16 copies of its matmul weights made in one multi-tensor cast per block (lit/matmul_weights.py), as
+    FusionModule trains it under bf16 autocast; else autocast casts each weight."""
     from mmaif_pl.lit.callbacks import update_ema
-    from mmaif_pl.lit.matmul_weights import CastMatmulWeights
+    from mmaif_pl.lit.matmul_weights import CastMatmulWeights, dit_units
 
     dit, ema = make_dit().train(), make_dit().requires_grad_(False)
-    denoiser = CastMatmulWeights(dit) if cast_weights and autocast else dit
+    denoiser = CastMatmulWeights(dit, units=dit_units(dit)) if cast_weights and autocast else dit
     opt = make_adamw(dit, train_cfg, fused=True) if fused_adamw else make_adamw(dit, train_cfg, foreach=True)
     x = torch.randn(batch, dit.latent_channels * inputs, grid, grid)
     target = torch.randn(batch, dit.latent_channels, grid, grid)
@@ -242,7 +242,7 @@ def main(argv=None) -> int:
             step.ops.update(counter.ops)
             step.bytes.update(counter.bytes)
         adamw = "multi-tensor" if args.foreach_adamw else "fused"
-        casts = "per-weight casts" if args.per_weight_casts else "one cast of the matmul weights"
+        casts = "per-weight casts" if args.per_weight_casts else "one cast of the matmul weights per block"
         print(f"training step (regression, batch {args.batch}, {casts}, {adamw} AdamW): "
               f"{launches(step.ops).total()} kernels, {traffic(step, args.bandwidth)}")
         return 0

@@ -566,11 +566,46 @@ def test_cast_matmul_weights_gives_autocasts_gradients_and_leaves_unused_ones_no
     assert model.used.weight.grad is not None
 
 
+def test_each_blocks_float32_gradients_are_ready_when_its_backward_ends():
+    """DDP all-reduces a bucket of gradients once they are accumulated into the float32 masters. The casts made per
+    block (CastMatmulWeights' units) widen a block's gradients before the backward of the block below starts; one cast
+    of every weight before the forward widened them all after the last block's backward, so nothing overlapped."""
+    from mmaif_pl.lit.matmul_weights import CastMatmulWeights, dit_units, matmul_parameters
+    from mmaif_pl.models.dit import DiTSpec, FusionDiT
+
+    torch.manual_seed(0)
+    dit = FusionDiT(16, 3, 384, DiTSpec.from_config(load([], ["model.preset=tiny"]).model), timestep=True)
+    for p in dit.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    events = []
+    units = dit_units(dit)
+    for i, unit in enumerate(units):
+        unit.register_full_backward_pre_hook(lambda m, g, i=i: events.append(("backward", i)))
+        for _, p in matmul_parameters(unit):
+            p.register_post_accumulate_grad_hook(lambda p, i=i: events.append(("ready", i)))
+    masters = dict(dit.named_parameters())
+    x, text, t = torch.randn(2, 48, 8, 8), torch.randn(2, 384), torch.rand(2)
+    for per_unit in (True, False):
+        events.clear()
+        call = CastMatmulWeights(dit, units=units if per_unit else ())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, aux = call(x, text, t)
+        (out.float().square().mean() + aux).backward()
+        call.remove()
+        last_ready = {i: max(k for k, e in enumerate(events) if e == ("ready", i)) for i in range(len(units))}
+        start = {i: events.index(("backward", i)) for i in range(len(units))}
+        # unit i's gradients all ready before unit i - 1's backward starts (the final layer is the last unit)
+        in_turn = all(last_ready[i] < start[i - 1] for i in range(1, len(units)))
+        assert in_turn == per_unit, events
+        assert dict(dit.named_parameters()) == masters  # the masters are back in place, as Parameters
+        assert all(type(p) is torch.nn.Parameter and p.dtype == torch.float32 for p in masters.values())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_one_cast_of_the_matmul_weights_on_the_gpu_matches_autocast():
     """CUDA's autocast (its own op lists) against the one-cast copies, the flow DiT with every block part: the
     same forward bits; gradients within the run-to-run noise of atomics (a bf16 rounding, 4e-3, would not pass)."""
-    from mmaif_pl.lit.matmul_weights import CastMatmulWeights
+    from mmaif_pl.lit.matmul_weights import CastMatmulWeights, dit_units
     from mmaif_pl.models.dit import DiTSpec, FusionDiT
 
     torch.manual_seed(0)
@@ -581,7 +616,7 @@ def test_one_cast_of_the_matmul_weights_on_the_gpu_matches_autocast():
     x, text = torch.randn(2, 48, 16, 16, device="cuda"), torch.randn(2, 384, device="cuda")
     t = torch.rand(2, device="cuda")
     results = {}
-    for name, call in (("autocast", dit), ("cast", CastMatmulWeights(dit))):
+    for name, call in (("autocast", dit), ("cast", CastMatmulWeights(dit, units=dit_units(dit)))):
         dit.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             out, aux = call(x, text, t)

@@ -27,7 +27,7 @@ from ..models.dit import DiTSpec, FusionDiT, ensemble_shifts, shift_ensemble
 from ..models.flow import LinearPath, LogitNormalTime, UniformTime, euler_sample
 from ..models.text import TextEncoder, to_device_async
 from .callbacks import ema_decay, log_for_progress_bar, update_ema
-from .matmul_weights import CastMatmulWeights, bf16_autocast_on
+from .matmul_weights import CastMatmulWeights, bf16_autocast_on, dit_units
 from .sharding import is_sharded, shard_dit
 
 CKPT_FORMAT = 1
@@ -203,7 +203,7 @@ class FusionModule(L.LightningModule):
             return None
         casts = getattr(self, "_matmul_casts", None)
         if casts is None or casts.module is not self.dit:  # made once, at the first step: the DiT is on its device
-            casts = self._matmul_casts = CastMatmulWeights(self.dit)
+            casts = self._matmul_casts = CastMatmulWeights(self.dit, units=dit_units(self.dit))
         return casts
 
     def compute_loss(self, batch: dict, generator: torch.Generator, model=None) -> dict:
