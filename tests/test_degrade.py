@@ -9,6 +9,7 @@ import pytest
 import skimage.data
 
 from mmaif_pl.data import degrade as D
+from mmaif_pl.data.color import luma
 from mmaif_pl.data.policy import CONTRADICTORY, TASK_OPERATORS, DegradePolicy, apply_records, degrade_pair
 from mmaif_pl.errors import ConfigError
 
@@ -30,7 +31,7 @@ def rocket() -> np.ndarray:  # an outdoor scene with sky
 
 
 def gray(img):
-    return D._luminance(img)
+    return luma(img)
 
 
 def high_freq_energy(img):
