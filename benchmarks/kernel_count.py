@@ -205,7 +205,7 @@ def main(argv=None) -> int:
                    help="--train: torch's multi-tensor AdamW, as mmaif train ran on a GPU before the fused one")
     p.add_argument("--per-weight-casts", action="store_true",
                    help="--train: autocast casts each matmul weight (and each gradient back), as mmaif train did "
-                        "before its one multi-tensor cast per step")
+                        "before its multi-tensor casts (one per block)")
     p.add_argument("--codec", action="store_true",
                    help="the GPU preset's codec instead (experiments/scale/gpu.yaml; overrides: codec.*): encoding a "
                         "pair and decoding one, at grid x factor pixels")

@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent("""
     from mmaif_pl.lit.commands import run_training
     from mmaif_pl.lit.fusion import FusionModule
 
-    FusionModule.cast_matmul_weights = True  # as on CUDA: under bf16-mixed the one multi-tensor cast, else nothing
+    FusionModule.cast_matmul_weights = True  # as on CUDA: under bf16-mixed the multi-tensor casts, else nothing
 
     root, precision, strategy, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     max_steps, stop, resume = int(sys.argv[5]), int(sys.argv[6]), sys.argv[7] == "resume"
@@ -105,7 +105,7 @@ def assert_same(x: dict, y: dict, what: str) -> None:
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_ddp_two_cpu_ranks_hold_identical_weights(tiny_data, precision):
     """32-true, as the CPU pipeline trains; bf16-mixed, as a GPU run trains, where the gradients reach DDP through
-    the one multi-tensor cast of the matmul weights (lit/matmul_weights.py)."""
+    the per-block multi-tensor casts of the matmul weights (lit/matmul_weights.py)."""
     infos = train_ranks(tiny_data, precision, "ddp", f"ddp_{precision}", max_steps=3)
     assert all(i["step"] == 3 for i in infos), infos
     assert all(i["strategy"] == "DDPStrategy" for i in infos), infos

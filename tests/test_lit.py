@@ -514,8 +514,9 @@ def test_one_cast_of_the_matmul_weights_trains_the_same_bits_as_autocast(tmp_pat
 
 
 def test_one_cast_of_the_matmul_weights_under_compiled_training(tmp_path, text, monkeypatch):
-    """`mmaif train --compile` under bf16-mixed: the compiled blocks run on the one-cast bf16 copies (functional_call
-    swaps them in) and train the bits of the per-weight casts (aot_eager: AOT autograd's graphs run eagerly)."""
+    """`mmaif train --compile` under bf16-mixed: the compiled blocks run on the one-cast bf16 copies (each
+    block's put in by its pre-hook) and train the bits of the per-weight casts (aot_eager: AOT autograd's graphs
+    run eagerly)."""
     runs = {}
     try:
         for cast in (False, True):
