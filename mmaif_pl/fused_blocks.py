@@ -122,7 +122,9 @@ class SparseMoE(nn.Module):
                                               for a, b in zip(b1, b3)]))
         self.w2 = GroupedLinear(torch.stack([F.pad(e.w2.weight, (0, pad)) for e in experts]),
                                 torch.stack([e.w2.bias for e in experts]))
-        self.register_buffer("expert_ids", torch.arange(len(experts)), persistent=False)
+        # on the router's device: the rewrite may run on a model already on the GPU (accelerate after .cuda())
+        self.register_buffer("expert_ids", torch.arange(len(experts), device=moe.router.weight.device),
+                             persistent=False)
 
     select = MoESwiGLU.select  # the routing is MoESwiGLU's own
 

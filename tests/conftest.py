@@ -43,6 +43,12 @@ def text_encoder():
     return TextEncoder(path) if path else TextEncoder()
 
 
+def text_encoder_overrides() -> list[str]:
+    """Config overrides naming text_encoder()'s encoder, for a checkpoint that a command loads again."""
+    path = os.environ.get("MMAIF_TEST_TEXT_ENCODER")
+    return [f"text.encoder={path}"] if path else []
+
+
 def randomize(module, std=0.02):
     """Random values in place of a model's zero-initialised tensors (adaLN up-projections, gates, output
     layer, block PE), so a test model's output depends on every part."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import random_basis, randomize, small_fusion_module, text_encoder
+from conftest import random_basis, randomize, small_fusion_module, text_encoder, text_encoder_overrides
 
 from mmaif_pl.config import load
 from mmaif_pl.errors import UserError
@@ -223,7 +223,7 @@ def fuse_command_inputs(tmp_path, text) -> list[str]:
     codec = LatentCodec("linear", 4, 16)
     random_basis(codec)
     codec.save(tmp_path / "codec")
-    m = build_module(load([], SMALL + [f"codec.path={tmp_path / 'codec'}"]), codec, text)
+    m = build_module(load([], SMALL + [f"codec.path={tmp_path / 'codec'}"] + text_encoder_overrides()), codec, text)
     randomize(m.ema)
     torch.save({"state_dict": m.state_dict(), "mmaif": m.checkpoint_meta()}, tmp_path / "m.ckpt")
     a, b = photo_pair(300)

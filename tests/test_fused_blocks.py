@@ -101,6 +101,13 @@ def test_rewrite_launches_fewer_kernels():
     assert kernels["fused_bf16"] < kernels["sparse_bf16"] < 0.45 * kernels["bf16"], kernels  # 797 of 1868
 
 
+def test_sparse_moe_rewritten_in_place_keeps_its_device():
+    """The rewrite of a MoE already on a device (accelerate after .cuda()) puts every tensor there: the expert
+    ids the dispatch searches were left on the CPU (found on an H200; the meta device stands in for it)."""
+    sparse = SparseMoE(MoESwiGLU(48, 100, experts=4, top_k=2).to("meta"))
+    assert {t.device.type for t in [*sparse.parameters(), *sparse.buffers()]} == {"meta"}
+
+
 @pytest.mark.parametrize("routing", ["random", "two_experts_empty"])
 def test_sparse_moe_is_the_moe(routing):
     """SparseMoE against the MoESwiGLU it rewrites, on an expert width that needs padding (33 -> 40) and with
@@ -245,16 +252,23 @@ def test_rewrite_compiles_regionally(sparse, bf16, bf16_dit):
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense_moe", "sparse_moe"])
 @pytest.mark.parametrize("variant", ["regression", "flow"])
 def test_rewrite_under_cuda_graphs_and_bf16_weights(variant, sparse, weights):
-    """The GPU fast paths together (the latency benchmark's): the same fused image as eager bf16, with the matmul
-    weights or the whole DiT in bf16. With the sparse MoE, CUDA's bf16 grouped GEMM runs and is captured: its
-    group offsets stay on the device."""
+    """The GPU fast paths together (the latency benchmark's), with the matmul weights or the whole DiT in bf16, on
+    a model already on the GPU: replays give the same image, and it is as close to float32's as eager bf16's is
+    (a fixed tolerance against eager bf16 fails on a few pixels, as two bf16 roundings of one image differ by up
+    to 0.02 there). With the sparse MoE, CUDA's bf16 grouped GEMM runs and is captured: its group offsets stay
+    on the device."""
     from mmaif_pl.fuse import accelerate
 
     m = fusion_module(variant).cuda()
     a, b = torch.rand(2, 1, 3, 96, 64, device="cuda").unbind(0)
+    float32 = m.fuse(a, b, ["Remove the haze."], steps=3)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        ref = m.fuse(a, b, ["Remove the haze."], steps=3)
+        eager = m.fuse(a, b, ["Remove the haze."], steps=3)
         accelerate(m, cuda_graphs=True, fused_blocks=True, sparse_moe=sparse, **{weights: True})
         out = [m.fuse(a, b, ["Remove the haze."], steps=3) for _ in range(2)]
     torch.testing.assert_close(out[1], out[0], rtol=0, atol=0)
-    torch.testing.assert_close(out[0], ref, rtol=1e-2, atol=1e-2)
+    eager_error, fast_error = (eager - float32).abs(), (out[0] - float32).abs()
+    errors = f"mean / max error vs float32: eager bf16 {eager_error.mean():.2e} / {eager_error.max():.3f}, " \
+             f"fast {fast_error.mean():.2e} / {fast_error.max():.3f}"
+    assert fast_error.mean() <= 3 * eager_error.mean() + 1e-4, errors  # bf16_dit on the CPU: 1.7x
+    assert fast_error.max() <= 0.05, errors  # a wrong block or expert moves whole regions by 0.1 and more

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from conftest import text_encoder
 from mmaif_pl.errors import UserError
 from mmaif_pl.models.text import TextEncoder, minilm_path
 
@@ -59,8 +60,8 @@ def test_text_encoder_on_the_gpu_matches_the_cpu():
     """On a GPU the states come back in one copy and go out from pinned memory without a host sync: the same
     embeddings as on the CPU."""
     prompts = ["Remove the noise.", "The visible image is hazy and dark, please fix both."]
-    cpu = TextEncoder()(prompts)
-    gpu = TextEncoder().cuda()(prompts, device=torch.device("cuda"))
+    cpu = text_encoder()(prompts)
+    gpu = text_encoder().cuda()(prompts, device=torch.device("cuda"))
     for c, g in zip(cpu, gpu):
         assert g.device.type == "cuda"
         torch.testing.assert_close(g.cpu(), c, rtol=1e-3, atol=1e-4)
