@@ -132,7 +132,7 @@ step throughput 150 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "$
 step data 30 $PY benchmarks/data_throughput.py --samples 200 --repeats 3
 
 # -- FSDP (train.strategy=fsdp, lit/sharding.py) on one GPU against the default strategy: it runs on CUDA -------
-step fsdp 45 $PY -m pytest -q -p no:cacheprovider \
+step fsdp 150 $PY -m pytest -q -p no:cacheprovider \
   tests/test_ddp.py::test_fsdp_on_one_gpu_trains_like_the_default_strategy
 
 # -- the same with the DiT's blocks compiled (regional torch.compile, forward and backward) ----------------------

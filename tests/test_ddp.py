@@ -30,6 +30,9 @@ SCRIPT = textwrap.dedent("""
     root, precision, strategy, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     max_steps, stop, resume = int(sys.argv[5]), int(sys.argv[6]), sys.argv[7] == "resume"
     accelerator, devices = sys.argv[8], int(sys.argv[9])
+    if accelerator == "cuda":  # cuDNN's and cuBLAS's deterministic kernels: a rerun gives the same weights
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+        torch.use_deterministic_algorithms(True, warn_only=True)
     text = os.environ.get("MMAIF_TEST_TEXT_ENCODER")  # the GPU machine's stand-in MiniLM (benchmarks/gpu_check.sh)
     cfg = load([], [f"data.root={root / 'data'}", f"data.prepared={root / 'prepared'}", "data.crop=32",
                     "data.batch_size=2", "data.num_workers=0", "data.samples_per_epoch=16", "data.eval_crop=32",
@@ -78,7 +81,9 @@ def train_ranks(root: Path, precision: str, strategy: str, name: str, max_steps:
         old.unlink()
     script = root / "train_ranks.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])  # keeps gpu_check's packages
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}  # cuBLAS's deterministic workspace (used on CUDA only)
     args = [str(root), precision, strategy, name, str(max_steps), str(stop), "resume" if resume else "new",
             accelerator, str(devices)]
     res = subprocess.run([sys.executable, str(script), *args], cwd=root, env=env, capture_output=True, text=True,
@@ -176,15 +181,27 @@ def test_fsdp_two_cpu_ranks_shard_resume_and_match_ddp(tiny_data):
 @pytest.mark.timeout(300)
 def test_fsdp_on_one_gpu_trains_like_the_default_strategy(tiny_data):
     """FSDP2 on CUDA (NCCL, bf16-mixed, the fused AdamW on sharded parameters), one GPU, 3 steps, against the same
-    run under the default strategy (the one-cast bf16 matmul weights, the fused AdamW): the same updates up to
-    float rounding. benchmarks/gpu_check.sh runs it (its `fsdp` step)."""
-    train_ranks(tiny_data, "bf16-mixed", "auto", "gpu_default", max_steps=3, accelerator="cuda", devices=1)
-    default = rank_weights(tiny_data, 1)[0]
-    infos = train_ranks(tiny_data, "bf16-mixed", "fsdp", "gpu_fsdp", max_steps=3, accelerator="cuda", devices=1)
-    assert infos[0]["strategy"] == "ShardedDataParallel" and infos[0]["step"] == 3
-    fsdp = rank_weights(tiny_data, 1)[0]
+    run under the default strategy (the per-block bf16 casts of the matmul weights, the fused AdamW): the same
+    updates up to float rounding. On the CPU the two are bit for bit equal. On an H200 `embed.weight` differed by
+    more than 1e-4 (2026-11-27): AdamW turns any rounding difference in a near-zero gradient into an update of
+    up to lr (1e-3 here). So the bound is the default strategy's own rerun spread (deterministic kernels asked
+    for), or float rounding where that is zero. benchmarks/gpu_check.sh runs it (its `fsdp` step)."""
+    runs = {}
+    for name, strategy in [("gpu_default", "auto"), ("gpu_default_again", "auto"), ("gpu_fsdp", "fsdp")]:
+        infos = train_ranks(tiny_data, "bf16-mixed", strategy, name, max_steps=3, accelerator="cuda", devices=1)
+        assert infos[0]["step"] == 3
+        runs[name] = rank_weights(tiny_data, 1)[0]
+    assert infos[0]["strategy"] == "ShardedDataParallel"
+    default, again, fsdp = runs["gpu_default"], runs["gpu_default_again"], runs["gpu_fsdp"]
     assert default["dit"]["final.linear.weight"].abs().sum() > 0  # the weights moved
+    worst = []
     for part in ("dit", "ema"):
         assert fsdp[part].keys() == default[part].keys()
         for k in default[part]:
-            torch.testing.assert_close(fsdp[part][k], default[part][k], rtol=1e-3, atol=1e-4, msg=f"{part}.{k}")
+            spread = (again[part][k] - default[part][k]).abs().max().item()
+            diff = (fsdp[part][k] - default[part][k]).abs()
+            bound = 2 * spread + 1e-4 + 1e-3 * default[part][k].abs()
+            if (diff > bound).any():
+                worst.append((diff.max().item(), spread, int((diff > bound).sum()), diff.numel(), f"{part}.{k}"))
+    assert not worst, "FSDP against the default (max diff, rerun spread, elements over, of, tensor): " \
+        + "; ".join(f"{d:.2e}, {s:.2e}, {n}/{m}, {k}" for d, s, n, m, k in sorted(worst, reverse=True)[:8])
