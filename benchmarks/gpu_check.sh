@@ -84,6 +84,7 @@ step tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py \
   tests/test_fuse.py::test_codec_bf16_on_the_gpu_stays_close_to_float32 \
   tests/test_fuse.py::test_codec_bf16_weights_on_the_gpu_give_codec_bf16s_fusion \
   tests/test_text.py::test_text_encoder_on_the_gpu_matches_the_cpu \
+  tests/test_text.py::test_text_encoder_on_the_gpu_does_not_wait_for_queued_work \
   tests/test_lit.py::test_one_cast_of_the_matmul_weights_on_the_gpu_matches_autocast
 
 # -- latency: B preset, AutoencoderTiny f8x16 (experiments/scale/gpu.yaml), bf16, CUDA graphs, channels-last,

@@ -67,6 +67,25 @@ def test_text_encoder_on_the_gpu_matches_the_cpu():
         torch.testing.assert_close(g.cpu(), c, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_text_encoder_on_the_gpu_does_not_wait_for_queued_work():
+    """New prompts are encoded on the encoder's own stream: the host has their states while the GPU is still busy
+    with work queued before (in training: the previous step's backward). On the step's stream the copy back, and
+    transformers' own `padding_mask.all()`, waited for all of it, so the host could not run ahead of the GPU."""
+    cuda = torch.device("cuda")
+    prompts = ["A prompt it has not seen.", "And another, longer prompt that it has not seen either."]
+    enc = text_encoder().cuda()
+    enc(prompts, device=cuda)  # warm: kernels, the stream, pinned buffers of these sizes
+    enc._cache.clear()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(int(4e9))  # about two seconds of queued work on the current stream
+    pooled, tokens, mask = enc(prompts, device=cuda)
+    assert not torch.cuda.current_stream().query(), "the encoder returned only after the queued work had ended"
+    torch.cuda.synchronize()
+    for gpu, cpu in zip((pooled, tokens, mask), text_encoder()(prompts)):
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-4)
+
+
 def test_truncation_at_max_length():
     enc = TextEncoder(max_length=8)
     _, tokens, mask = enc(["word " * 50])

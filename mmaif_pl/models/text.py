@@ -10,6 +10,8 @@ longest prompt of the batch) and `mask` (B x L, True on real tokens).
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -78,13 +80,25 @@ class TextEncoder(nn.Module):
         device = next(self.model.parameters()).device
         batch = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_length,
                                return_tensors="pt")
-        hidden = self.model(input_ids=batch["input_ids"].to(device),
-                            attention_mask=batch["attention_mask"].to(device)).last_hidden_state
-        # one copy back for all new prompts, cut on the host: per prompt, the masked copy and its transfer would
-        # each wait for the GPU (two host syncs per new prompt; most of a batch's prompts are new for a long time)
-        hidden = hidden.float().cpu()
+        with self._own_stream(device):
+            hidden = self.model(input_ids=batch["input_ids"].to(device),
+                                attention_mask=batch["attention_mask"].to(device)).last_hidden_state
+            # one copy back for all new prompts, cut on the host: per prompt, the masked copy and its transfer
+            # would each wait (two host syncs per new prompt; most of a batch's prompts are new for a long time)
+            hidden = hidden.float().cpu()
         for p, h, m in zip(prompts, hidden, batch["attention_mask"].bool()):
             self._cache[p] = h[m]
+
+    def _own_stream(self, device: torch.device):
+        """On a GPU, the encoder's own stream (side_stream); the first time its weights are read there, after
+        the step's stream: their copy to the GPU may still be in flight on it."""
+        if device.type != "cuda":
+            return nullcontext()
+        stream, weights = side_stream(device), next(self.model.parameters()).data_ptr()
+        if getattr(self, "_weights_seen", None) != weights:
+            stream.wait_stream(torch.cuda.current_stream(device))  # a device-side wait: the host goes on
+            self._weights_seen = weights
+        return torch.cuda.stream(stream)
 
     @torch.no_grad()
     def forward(self, prompts: list[str], device: Optional[torch.device] = None):
@@ -102,6 +116,17 @@ class TextEncoder(nn.Module):
             pooled = nn.functional.normalize(pooled, dim=-1)
         device = device or next(self.model.parameters()).device
         return tuple(to_device_async(x, device) for x in (pooled, tokens, mask))
+
+
+@lru_cache(maxsize=None)
+def side_stream(device: torch.device) -> torch.cuda.Stream:
+    """The text encoder's own stream on a GPU (one per device; not kept on the module, which stays copyable).
+    The copy back to the host waits for the stream it runs on, and so do the host reads inside Hugging Face
+    models (transformers 5 reads `padding_mask.all()`). On the training step's stream they waited for the whole
+    step queued before them (the previous step's backward and update), so the host could not run ahead of the
+    GPU; on this stream they wait for the encoder's own kernels. High priority: its kernels go first where the
+    step's kernels leave room."""
+    return torch.cuda.Stream(device=device, priority=-1)
 
 
 def to_device_async(x: torch.Tensor, device: torch.device) -> torch.Tensor:
