@@ -21,9 +21,14 @@ Without --root, a dataset of 320x320 photographs is written to a temporary folde
 pairs are too small for 256 crops). `--codec-bf16` and `--channels-last` set the codec as `mmaif train`'s
 switches of the same names do, for the codec and train measurements. JSON: {"device", "preset", "codec",
 "codec_layers_per_block", "batch", "crop", "workers", "codec_bf16", "channels_last", "images_per_s": {"data",
-"codec", "dit", "model", "train", "trainer"}, "limit", "codec_fast_paths_images_per_s"}, written before the
-Trainer's run and again after it (a run cut short in it keeps the rest). The last key (GPU, learned codec)
-times the encode in float32 NCHW, channels-last and channels-last bf16 side by side, whatever the switches.
+"codec", "dit", "model", "train", "trainer"}, "limit", "codec_fast_paths_images_per_s", "host_syncs_per_step"},
+written before the Trainer's run and again after it (a run cut short in it keeps the rest).
+"codec_fast_paths_images_per_s" (GPU, learned codec) times the encode in float32 NCHW, channels-last and
+channels-last bf16 side by side, whatever the switches. "host_syncs_per_step" (GPU, `--syncs N`, default 3):
+after the timed steps, N more steps of `train` and of `trainer` under torch's sync debug mode, and per step the
+synchronizing CUDA calls each source line made ("file:line": count). A step that waits for the GPU once cannot
+queue the next while the GPU works; the text encoder's own reads (models/text.py, on its own stream) wait
+only for its kernels.
 """
 from __future__ import annotations
 
@@ -32,6 +37,9 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
+from collections import Counter
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -57,9 +65,42 @@ def rate(fn, n_images: int, steps: int, warmup: int, sync) -> float:
     return n_images / statistics.median(times)
 
 
-def trainer_rate(cfg, codec, out_dir: Path, steps: int, warmup: int, sync, **speed) -> float:
-    """Images/s of `mmaif train` (run_training) on `cfg` with `codec`, over the steps after `warmup`. Only
-    validation and its callbacks (checkpoints, image grids, metrics JSON) are left out."""
+SYNC_WARNING = "called a synchronizing CUDA operation"  # torch's text for sync debug mode "warn"
+
+
+@contextmanager
+def sync_sites(calls: int, enabled: bool = True):
+    """Within the block, torch's sync debug mode (`enabled=False`: the caller switches it itself, as trainer_rate's
+    callback does after the timed steps); yields a dict that then holds, per source line ("file:line"), its
+    synchronizing CUDA calls divided by `calls`. Other warnings are shown after the block, once each."""
+    sites: dict[str, float] = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if enabled:
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield sites
+        finally:
+            if enabled:
+                torch.cuda.set_sync_debug_mode("default")
+    counts = Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if SYNC_WARNING in str(w.message))
+    sites.update({site: n / calls for site, n in counts.most_common()})
+    for w in {(str(w.message), w.category, w.filename, w.lineno): w for w in caught
+              if SYNC_WARNING not in str(w.message)}.values():  # the others, shown once each as they would be
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def sync_report(what: str, sites: dict[str, float]) -> str:
+    total = sum(sites.values())
+    return f"host syncs per step ({what}): {total:g}" + ("" if not sites else " at " + ", ".join(
+        f"{site} ({n:g})" for site, n in sites.items()))
+
+
+def trainer_rate(cfg, codec, out_dir: Path, steps: int, warmup: int, sync, syncs: int = 0,
+                 **speed) -> tuple[float, dict[str, float]]:
+    """Images/s of `mmaif train` (run_training) on `cfg` with `codec`, over the steps after `warmup`, and the
+    synchronizing CUDA calls per step of `syncs` steps after those (sync_sites). Only validation and its
+    callbacks (checkpoints, image grids, metrics JSON) are left out."""
     import lightning as L
 
     from mmaif_pl.lit.commands import run_training
@@ -69,21 +110,30 @@ def trainer_rate(cfg, codec, out_dir: Path, steps: int, warmup: int, sync, **spe
             if trainer.global_step == warmup:
                 sync()
                 self.start = time.perf_counter()
+            if syncs and trainer.global_step == warmup + steps:
+                torch.cuda.set_sync_debug_mode("warn")
 
         def on_train_batch_end(self, trainer, *args):
             if trainer.global_step == warmup + steps:
                 sync()
                 self.seconds = time.perf_counter() - self.start
 
+        def on_train_end(self, trainer, *args):
+            if syncs:
+                torch.cuda.set_sync_debug_mode("default")
+
     codec.save(out_dir / "codec")
     cfg = cfg.copy()
     cfg.codec.path, cfg.train.out_dir = str(out_dir / "codec"), str(out_dir)
-    cfg.train.max_steps, cfg.train.val_every = warmup + steps, warmup + steps + 1  # no validation
+    cfg.train.max_steps = warmup + steps + syncs
+    cfg.train.val_every = cfg.train.max_steps + 1  # no validation
     clock = StepClock()
     no_validation = {"limit_val_batches": 0, "num_sanity_val_steps": 0}  # nor a prepared split to read it from
-    run_training(cfg, trainer_kwargs={"callbacks": [clock], "enable_checkpointing": False,
-                                      "enable_model_summary": False, **no_validation}, log=lambda *a: None, **speed)
-    return steps * int(cfg.data.batch_size) / clock.seconds
+    with sync_sites(syncs, enabled=False) if syncs else nullcontext({}) as sites:  # the clock turns the mode on
+        run_training(cfg, trainer_kwargs={"callbacks": [clock], "enable_checkpointing": False,
+                                          "enable_model_summary": False, **no_validation},
+                     log=lambda *a: None, **speed)
+    return steps * int(cfg.data.batch_size) / clock.seconds, sites
 
 
 def main(argv=None) -> int:
@@ -107,6 +157,9 @@ def main(argv=None) -> int:
                    help="channels-last codec convolutions (mmaif train --channels-last)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after timing the DiT step, the N operations of it that take the most device time")
+    p.add_argument("--syncs", type=int, default=3, metavar="N",
+                   help="GPU: N more steps of train and of trainer under torch's sync debug mode, counting the "
+                        "synchronizing CUDA calls per step by source line (0: off)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 gives stable figures on a busy machine)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
@@ -235,6 +288,12 @@ def main(argv=None) -> int:
 
     train_rate = rate(train_step, bs, steps, warmup, sync)
     print(f"  train {train_rate:.1f} images/s", flush=True)
+    syncs = {}
+    if gpu and args.syncs:
+        with sync_sites(args.syncs) as syncs["train"]:
+            for _ in range(args.syncs):
+                train_step()
+        print("  " + sync_report("train", syncs["train"]), flush=True)
 
     model_rate = 1 / (1 / codec_rate + 1 / dit_rate)
     if data_rate < model_rate:
@@ -260,14 +319,18 @@ def main(argv=None) -> int:
                 "codec_bf16": args.codec_bf16, "channels_last": args.channels_last, "adamw_fused": adamw_fused,
                 "compile": args.compile,
                 "images_per_s": {k: round(v, 2) for k, v in res.items()}, "limit": limit,
-                "codec_fast_paths_images_per_s": {k: round(v, 2) for k, v in codec_options.items()}})
+                "codec_fast_paths_images_per_s": {k: round(v, 2) for k, v in codec_options.items()},
+                "host_syncs_per_step": syncs})
 
     save()
     del loader, batches, batch, images, z_a, z_b, z_gt  # the Trainer builds its own loader and model
-    res["trainer"] = trainer_rate(cfg, module.codec, Path(tmp.name), steps, max(warmup, 1), sync,
-                                  compile_mode=args.compile, codec_bf16=args.codec_bf16,
-                                  channels_last=args.channels_last)
+    res["trainer"], trainer_syncs = trainer_rate(cfg, module.codec, Path(tmp.name), steps, max(warmup, 1), sync,
+                                                 syncs=args.syncs if gpu else 0, compile_mode=args.compile,
+                                                 codec_bf16=args.codec_bf16, channels_last=args.channels_last)
     print(f"mmaif train (Lightning's loop): {res['trainer']:.1f} images/s")
+    if gpu and args.syncs:
+        syncs["trainer"] = trainer_syncs
+        print(sync_report("trainer", trainer_syncs))
     save()
     if args.json:
         print(f"wrote {args.json}")

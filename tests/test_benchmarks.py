@@ -51,6 +51,40 @@ def test_train_throughput_names_the_limit(tmp_path):
     printed = re.search(r"training throughput ([\d.]+) images/s", out)
     assert "profile, 3 calls: wall" in out and printed  # the printed rate is the JSON's, up to their roundings
     assert abs(float(printed.group(1)) - data["images_per_s"]["train"]) <= 0.051
+    assert data["host_syncs_per_step"] == {}  # counted on a GPU only
+
+
+def test_sync_sites_counts_synchronizing_calls_per_step_by_line(monkeypatch):
+    """train_throughput's sync count: torch's sync debug mode on for the block only, its warnings counted per
+    source line and divided by the steps; other warnings are not counted. (torch.cuda's switch is replaced: this
+    machine has no GPU; the warning's text is torch's, from libc10_cuda.)"""
+    import warnings
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from train_throughput import SYNC_WARNING, sync_report, sync_sites
+
+    modes = []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+
+    def step():
+        warnings.warn(SYNC_WARNING)  # a read of a device value
+        for _ in range(2):
+            warnings.warn(SYNC_WARNING)  # a blocking copy in a loop
+        warnings.warn("something else")
+
+    with sync_sites(4) as sites:
+        assert modes == ["warn"]
+        for _ in range(4):
+            step()
+    assert modes == ["warn", "default"]
+    line = step.__code__.co_firstlineno
+    assert sites == {f"test_benchmarks.py:{line + 3}": 2.0, f"test_benchmarks.py:{line + 1}": 1.0}
+    assert sync_report("train", sites) == (f"host syncs per step (train): 3 at test_benchmarks.py:{line + 3} (2), "
+                                           f"test_benchmarks.py:{line + 1} (1)")
+    with sync_sites(1, enabled=False) as sites:
+        step()
+    assert modes == ["warn", "default"] and sites == {f"test_benchmarks.py:{line + 3}": 2.0,
+                                                      f"test_benchmarks.py:{line + 1}": 1.0}
 
 
 def test_train_throughput_refuses_the_bf16_codec_on_the_cpu():
