@@ -567,6 +567,25 @@ def test_cast_matmul_weights_gives_autocasts_gradients_and_leaves_unused_ones_no
     assert model.used.weight.grad is not None
 
 
+def test_a_replaced_dit_gets_new_casts_and_the_old_one_loses_its_hooks(codec):
+    """training_denoiser makes CastMatmulWeights once per DiT object: a DiT put in place of the trained one gets
+    its own, and the old DiT's blocks keep no hooks of the old one (they pointed at a module no step uses)."""
+    from mmaif_pl.lit.matmul_weights import dit_units
+    from mmaif_pl.models.dit import FusionDiT
+
+    module = flow_module(codec, "model.preset=tiny")
+    module.cast_matmul_weights = True
+    hooked = lambda dit: [u for u in dit_units(dit) if u._forward_pre_hooks or u._forward_hooks]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first = module.training_denoiser()
+        assert module.training_denoiser() is first and len(hooked(module.dit)) == len(dit_units(module.dit))
+        old = module.dit
+        module.dit = FusionDiT(old.latent_channels, old.n_inputs, 384, old.spec, timestep=True)
+        second = module.training_denoiser()
+    assert second is not first and second.module is module.dit
+    assert hooked(old) == [] and len(hooked(module.dit)) == len(dit_units(module.dit))
+
+
 def test_each_blocks_float32_gradients_are_ready_when_its_backward_ends():
     """DDP all-reduces a bucket of gradients once they are accumulated into the float32 masters. The casts made per
     block (CastMatmulWeights' units) widen a block's gradients before the backward of the block below starts; one cast

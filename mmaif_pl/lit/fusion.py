@@ -203,6 +203,8 @@ class FusionModule(L.LightningModule):
             return None
         casts = getattr(self, "_matmul_casts", None)
         if casts is None or casts.module is not self.dit:  # made once, at the first step: the DiT is on its device
+            if casts is not None:  # a DiT put in place of the old one: the old one's hooks go with it
+                casts.remove()
             casts = self._matmul_casts = CastMatmulWeights(self.dit, units=dit_units(self.dit))
         return casts
 
