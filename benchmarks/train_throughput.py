@@ -14,8 +14,9 @@ Five measurements; the first four each a median over timed steps after warm-up:
   trainer  `mmaif train` itself (lit.commands.run_training: Lightning's Trainer, its loader, logging,
            progress bar), warm-up steps then timed steps in one run: what a training run gets
 The model sits on the device (codec + DiT run one after the other), so its ceiling is
-1 / (1/codec + 1/dit); the loader runs in parallel worker processes. The limit is the smaller of the
-loader's rate and that ceiling, and within the model the part that takes longer. Random weights (rates do
+1 / (1/codec + 1/dit); the loader runs in parallel worker processes. The limit is the loader if it is below
+that ceiling, the loop itself if `train` is below 80% of it (a step that waits for the GPU), else the part of
+the model that takes longer. Random weights (rates do
 not depend on them); on GPU the DiT runs under bf16 autocast (train.precision auto = bf16-mixed).
 Without --root, a dataset of 320x320 photographs is written to a temporary folder (the embedded default's
 pairs are too small for 256 crops). `--codec-bf16` and `--channels-last` set the codec as `mmaif train`'s
@@ -63,6 +64,20 @@ def rate(fn, n_images: int, steps: int, warmup: int, sync) -> float:
         sync()
         times.append(time.perf_counter() - t0)
     return n_images / statistics.median(times)
+
+
+def name_limit(data: float, codec: float, dit: float, train: float, workers: int) -> str:
+    """What limits the loop, from the rates (images/s): the loader if it is below the model's ceiling
+    1 / (1/codec + 1/dit); else the loop itself if it is well below that ceiling (its parts are fast enough, their
+    sequence is not: a step that waits for the GPU, or a host slower than the GPU); else the slower part."""
+    model = 1 / (1 / codec + 1 / dit)
+    if data < model:
+        return f"data loader ({workers} workers: {data:.0f} img/s < model {model:.0f} img/s; add workers)"
+    if train < 0.8 * model:
+        return (f"the loop, not a part: {train:.0f} img/s against the parts' ceiling of {model:.0f} "
+                f"(a step that waits for the GPU, see the host syncs, or a host slower than the GPU)")
+    part = "codec encoding" if codec < dit else "DiT step"
+    return f"{part} ({max(1 / codec, 1 / dit) * model:.0%} of the model's time on the device)"
 
 
 SYNC_WARNING = "called a synchronizing CUDA operation"  # torch's text for sync debug mode "warn"
@@ -296,12 +311,7 @@ def main(argv=None) -> int:
         print("  " + sync_report("train", syncs["train"]), flush=True)
 
     model_rate = 1 / (1 / codec_rate + 1 / dit_rate)
-    if data_rate < model_rate:
-        limit = f"data loader ({workers} workers: {data_rate:.0f} img/s < model {model_rate:.0f} img/s; add workers)"
-    else:
-        part = "codec encoding" if 1 / codec_rate > 1 / dit_rate else "DiT step"
-        share = max(1 / codec_rate, 1 / dit_rate) / (1 / codec_rate + 1 / dit_rate)
-        limit = f"{part} ({share:.0%} of the model's time on the device)"
+    limit = name_limit(data_rate, codec_rate, dit_rate, train_rate, workers)
     res = {"data": data_rate, "codec": codec_rate, "dit": dit_rate, "model": model_rate, "train": train_rate}
     print("images/s: " + ", ".join(f"{k} {v:.1f}" for k, v in res.items()))
     if codec_options:

@@ -54,6 +54,20 @@ def test_train_throughput_names_the_limit(tmp_path):
     assert data["host_syncs_per_step"] == {}  # counted on a GPU only
 
 
+def test_the_limit_is_the_loop_when_its_parts_are_fast_enough():
+    """The H200's batch-128 rates of 2026-11-27 (loop 142 images/s, codec 3 045 and DiT step 408 alone): the
+    limit was named the DiT step, while the loop ran at 40% of what its parts allow."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from train_throughput import name_limit
+
+    assert name_limit(1347.8, 3044.9, 407.9, 142.4, 14).startswith("the loop, not a part: 142 img/s against the "
+                                                                    "parts' ceiling of 360")
+    assert name_limit(1347.8, 3044.9, 407.9, 350.0, 14) == "DiT step (88% of the model's time on the device)"
+    assert name_limit(352.2, 1008.5, 8.4, 7.6, 1) == "DiT step (99% of the model's time on the device)"  # CPU
+    assert name_limit(100.0, 3044.9, 407.9, 95.0, 2).startswith("data loader (2 workers: 100 img/s < model 360")
+    assert name_limit(1347.8, 400.0, 3000.0, 350.0, 14) == "codec encoding (88% of the model's time on the device)"
+
+
 def test_sync_sites_counts_synchronizing_calls_per_step_by_line(monkeypatch):
     """train_throughput's sync count: torch's sync debug mode on for the block only, its warnings counted per
     source line and divided by the steps; other warnings are not counted. (torch.cuda's switch is replaced: this
