@@ -11,9 +11,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..data.color import BT601  # luma weights; OpenCV's COLOR_*2GRAY, MATLAB rgb2gray to 3 decimals
 from ..errors import UserError
-
-BT601 = (0.299, 0.587, 0.114)  # luma weights; OpenCV's COLOR_*2GRAY, MATLAB rgb2gray to 3 decimals
 
 
 @dataclass(frozen=True)
