@@ -7,6 +7,7 @@ from their initialisation. FSDP (lit/sharding.py): each rank must hold only its 
 must end with DDP's weights, bit for bit, in a checkpoint that a single-device run could have written.
 """
 import json
+import math
 import os
 import subprocess
 import sys
@@ -56,7 +57,9 @@ SCRIPT = textwrap.dedent("""
                                                        "cast_weights": hasattr(module, "_matmul_casts"),
                                                        "numel": sum(p.numel() for p in module.dit.parameters()),
                                                        "local_numel": sum(local(p).numel()
-                                                                          for p in module.dit.parameters())}))
+                                                                          for p in module.dit.parameters()),
+                                                       "val": {k: float(v) for k, v in trainer.callback_metrics.items()
+                                                               if k.startswith("val/")}}))
 """)
 
 
@@ -99,6 +102,25 @@ def rank_weights(root: Path, ranks: int = 2) -> list[dict]:
     return [torch.load(root / f"rank{r}.pt", weights_only=True) for r in range(ranks)]
 
 
+def validate_on_one_device(ckpt: Path, precision: str, val_batches: int) -> dict:
+    """The `val/*` metrics that a single-device validation of a checkpoint logs (its config names its data)."""
+    import lightning as L
+
+    from mmaif_pl.data.datamodule import FusionDataModule
+    from mmaif_pl.lit.fusion import load_module
+
+    module = load_module(ckpt)
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, limit_val_batches=val_batches, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks ran (OMP_NUM_THREADS=1)
+    try:
+        trainer.validate(module, datamodule=FusionDataModule(module.cfg), verbose=False)
+    finally:
+        torch.set_num_threads(threads)
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+
 def assert_same(x: dict, y: dict, what: str) -> None:
     assert x.keys() == y.keys(), what
     for k in x:
@@ -122,6 +144,19 @@ def test_ddp_two_cpu_ranks_hold_identical_weights(tiny_data, precision):
     # the weights moved: the zero-initialised output layer is no longer zero after 3 steps
     assert w0["dit"]["final.linear.weight"].abs().sum() > 0
     assert (tiny_data / "runs" / f"ddp_{precision}" / "checkpoints" / "last.ckpt").is_file()
+
+    # Validation (at step 2) covers the same samples on every rank as on one device: both ranks report, and
+    # metrics.json records, what a single-device validation of the step-2 weights reports. With the split
+    # sharded instead, each rank would score its own shard (3 samples: 2 and 1 + a repeated one).
+    run = tiny_data / "runs" / f"ddp_{precision}"
+    single = validate_on_one_device(run / "checkpoints" / "step0000002.ckpt", precision, val_batches=1)
+    assert {"val/psnr", "val/loss", "val/PSNR", "val/SSIM"} <= single.keys(), single
+    for info in infos:
+        assert info["val"] == pytest.approx(single, rel=1e-6, abs=1e-6, nan_ok=True), (info["rank"], info["val"], single)
+    recorded = json.loads((run / "metrics.json").read_text())
+    assert recorded["step"] == 2
+    finite = {k: v for k, v in single.items() if math.isfinite(v)}  # metrics.json leaves out NaNs (a tiny crop's VIF)
+    assert {f"val/{k}": v for k, v in recorded.items() if k != "step"} == pytest.approx(finite, rel=1e-6, abs=1e-6)
 
 
 def test_strategy_names():

@@ -405,9 +405,17 @@ class FusionDataModule(L.LightningDataModule):
         return self.trainer.global_step  # one batch per optimizer step (no gradient accumulation)
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
-        if isinstance(dataset, PreparedDataset):  # variable sizes: one image at a time unless all match
-            return self._loader(dataset, int(self.cfg.data.batch_size) if dataset.same_size() else 1)
-        return self._loader(dataset, int(self.cfg.data.batch_size))
+        # Every rank of a multi-device run evaluates the whole split, in order, as one device does: the metrics
+        # then mean the same for any number of devices (and under train.val_batches the same first batches),
+        # where Lightning's sharding would score each rank's shard, padded with repeats to equal lengths. Its own
+        # DistributedSampler (of one replica) keeps Lightning from putting in one of its own.
+        whole = None
+        if self.trainer is not None and self.trainer.world_size > 1:
+            whole = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=False)
+        batch_size = int(self.cfg.data.batch_size)
+        if isinstance(dataset, PreparedDataset) and not dataset.same_size():  # variable sizes: one image at a time
+            batch_size = 1
+        return self._loader(dataset, batch_size, whole)
 
     def val_dataloader(self) -> DataLoader:
         if self.val_set is None:

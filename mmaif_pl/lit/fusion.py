@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import GradClipAlgorithmType
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import config_hash, to_container
+from ..data.color import BT601
 from ..errors import UserError
 from ..models.codec import LatentCodec, psnr
 from ..models.dit import DiTSpec, FusionDiT, ensemble_shifts, shift_ensemble
@@ -64,7 +65,8 @@ def use_fused_adamw(device: torch.device, grad_scaler) -> bool:
 
 
 def _sobel_mag(x: torch.Tensor) -> torch.Tensor:
-    y = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    r, g, b = BT601
+    y = r * x[:, 0:1] + g * x[:, 1:2] + b * x[:, 2:3]
     k = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device, dtype=x.dtype)
     y = F.pad(y, (1, 1, 1, 1), mode="replicate")
     gx, gy = F.conv2d(y, k[None, None]), F.conv2d(y, k.T[None, None])
@@ -111,7 +113,8 @@ class FusionModule(L.LightningModule):
         try:
             from ..metrics.fusion import fusion_metrics
 
-            self.val_metrics = fusion_metrics(self.cfg.eval.profile, with_reference=True)
+            # every rank validates the whole split (FusionDataModule._eval_loader): nothing to gather across ranks
+            self.val_metrics = fusion_metrics(self.cfg.eval.profile, with_reference=True, sync_on_compute=False)
         except ImportError:  # the metrics package is optional for training
             pass
 
@@ -273,7 +276,7 @@ class FusionModule(L.LightningModule):
         if batch.get("target") is not None and batch["a"].shape[-1] % self.multiple == 0 \
                 and batch["a"].shape[-2] % self.multiple == 0:
             losses = self.compute_loss(batch, torch.Generator().manual_seed(batch_idx), model=self.ema)
-            self.log("val/loss", losses["latent"], batch_size=bs)
+            self.log("val/loss", losses["latent"], batch_size=bs, sync_dist=True)  # the same on every rank
         fused = self.fuse(batch["a"], batch["b"], batch["prompt"], seed=batch_idx)
         out["fused"] = fused
         if batch.get("target") is not None:
@@ -287,11 +290,11 @@ class FusionModule(L.LightningModule):
     def on_validation_epoch_end(self):
         if self.val_psnr_n:
             value = self.val_psnr_sum / self.val_psnr_n
-            self.log("val/psnr", value)
-            self.log("hp/psnr", value)
+            self.log("val/psnr", value, sync_dist=True)  # sync_dist: a mean of equal values, as Lightning asks
+            self.log("hp/psnr", value, sync_dist=True)
         if self.val_metrics is not None and self.val_psnr_n:
             for name, value in self.val_metrics.compute().items():
-                self.log(f"val/{name}", float(value))
+                self.log(f"val/{name}", float(value), sync_dist=True)
             self.val_metrics.reset()
 
     def on_train_start(self):

@@ -137,11 +137,12 @@ def metric_names(with_reference: bool = False) -> list[str]:
 
 
 def fusion_metrics(profile: str | MetricProfile = "default", with_reference: bool = False,
-                   names: Optional[list[str]] = None) -> MetricCollection:
+                   names: Optional[list[str]] = None, **metric_kwargs) -> MetricCollection:
     """All fusion metrics (plus PSNR and SSIM to the ground truth when `with_reference`) under one profile.
 
-    `names` picks a subset. compute_groups is off: torchmetrics would merge metrics whose states happen to
-    be equal after the first batch, and these metrics share no state.
+    `names` picks a subset; `metric_kwargs` go to each metric (torchmetrics' `sync_on_compute`, ...).
+    compute_groups is off: torchmetrics would merge metrics whose states happen to be equal after the first
+    batch, and these metrics share no state.
     """
     table = {**NO_REFERENCE, **(WITH_REFERENCE if with_reference else {})}
     chosen = names if names is not None else list(table)
@@ -149,7 +150,8 @@ def fusion_metrics(profile: str | MetricProfile = "default", with_reference: boo
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; known: {metric_names(True)}")
     prof = get_profile(profile)
-    return MetricCollection({n: {**NO_REFERENCE, **WITH_REFERENCE}[n](profile=prof) for n in chosen}, compute_groups=False)
+    return MetricCollection({n: {**NO_REFERENCE, **WITH_REFERENCE}[n](profile=prof, **metric_kwargs) for n in chosen},
+                            compute_groups=False)
 
 
 @torch.no_grad()
