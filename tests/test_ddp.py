@@ -181,7 +181,7 @@ def test_fsdp_two_cpu_ranks_shard_resume_and_match_ddp(tiny_data):
     state, so `mmaif fuse` and a single-device resume read it as they read any other."""
     from mmaif_pl.lit.fusion import read_checkpoint
 
-    train_ranks(tiny_data, "32-true", "ddp", "ref_ddp", max_steps=4)
+    ddp_infos = train_ranks(tiny_data, "32-true", "ddp", "ref_ddp", max_steps=4)
     ddp = rank_weights(tiny_data)[0]
 
     first = train_ranks(tiny_data, "32-true", "fsdp", "fsdp", max_steps=4, stop=2)
@@ -197,6 +197,10 @@ def test_fsdp_two_cpu_ranks_shard_resume_and_match_ddp(tiny_data):
     for part in ("dit", "ema"):
         assert_same(fsdp[0][part], ddp[part], f"{part}: FSDP (stopped, resumed) against DDP")
         assert_same(fsdp[1][part], ddp[part], f"{part}: FSDP rank 1 against DDP")
+    # the step-4 validation, of the same weights on the same (whole) split: DDP's values on every rank
+    assert "val/psnr" in ddp_infos[0]["val"], ddp_infos
+    for info in resumed + ddp_infos[1:]:
+        assert info["val"] == pytest.approx(ddp_infos[0]["val"], rel=0, abs=0, nan_ok=True), info
 
     runs = tiny_data / "runs"
     ckpt_fsdp = torch.load(runs / "fsdp" / "checkpoints" / "last.ckpt", weights_only=False)
