@@ -151,9 +151,13 @@ def assert_same_weights(actual, expected):
 def test_train_resume_checkpoint_and_refusals(tmp_path, codec, text):
     # a variant's steps_factor multiplies the scale's max_steps: 2 x 2 = the 4 steps the resumed run reaches below
     over = ["train.variant=flow", "train.max_steps=2", "train.steps_factor=2", "train.name=full"]
-    full, trainer, run = run_training(cfg_for(tmp_path, *over), datamodule=TinyDM(), trainer_kwargs=QUIET,
-                                      log=lambda *_: None)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        full, trainer, run = run_training(cfg_for(tmp_path, *over), datamodule=TinyDM(), trainer_kwargs=QUIET,
+                                          log=lambda *_: None)
     assert trainer.global_step == 4
+    assert full.ema.training is False  # in eval mode by design, so Lightning's notice about it is not shown
+    assert not [w for w in seen if "in eval mode" in str(w.message)], [str(w.message) for w in seen]
     for f in ("config.yaml", "config.hash", "metrics.json", "checkpoints/last.ckpt", "codec/codec.json"):
         assert (run / f).is_file(), f
     assert list(run.glob("events.out.tfevents.*"))

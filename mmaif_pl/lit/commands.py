@@ -5,6 +5,7 @@ import argparse
 import copy
 import json
 import time
+import warnings
 from pathlib import Path
 
 from ..config import ConfigError, atomic_write_text, config_hash, load, save_resolved
@@ -189,6 +190,7 @@ def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs
     a learned codec's convolutions channels-last, the codec fast paths of inference.
     """
     import lightning as L
+    from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
     from ..models.text import TextEncoder
     from .fusion import FusionModule, build_module
@@ -228,7 +230,11 @@ def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs
 
         accelerate(module, channels_last=channels_last, codec_bf16=codec_bf16)
     t0 = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    with warnings.catch_warnings():
+        # The EMA copy of the DiT stays in eval mode by design (FusionModule.train), and Lightning counts its modules
+        # in a notice at the start of every fit: "Found N module(s) in eval mode at the start of training".
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
     last = run_dir / "checkpoints" / "last.ckpt"
     seconds = time.time() - t0
     if trainer.is_global_zero:
