@@ -43,7 +43,7 @@ from mmaif_pl.models.dit import DiTSpec, FusionDiT  # noqa: E402
 # aten ops that only re-describe memory (no kernel on any device)
 VIEWS = {"view", "_unsafe_view", "t", "transpose", "permute", "unsqueeze", "squeeze", "expand", "slice", "select",
          "split", "split_with_sizes", "unbind", "chunk", "detach", "alias", "as_strided", "reshape", "unflatten",
-         "flatten", "narrow"}
+         "flatten", "narrow", "view_as_complex", "view_as_real", "_conj"}
 # aten ops that are host-side bookkeeping: profiler markers, a no-op, reads of a CPU scalar (AdamW's step counters),
 # a fake tensor's device query, and uninitialised allocations (the caching allocator's, no kernel)
 HOST = {"_record_function_enter_new", "_record_function_exit", "lift_fresh", "_local_scalar_dense", "device",

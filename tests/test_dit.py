@@ -186,6 +186,32 @@ def test_rope_scores_depend_only_on_offset():
     torch.testing.assert_close(qr.norm(dim=-1), q.norm().expand(1, 1, 144))
 
 
+def pairwise_rope(x, cos, sin):
+    """The rotation written out pair by pair, in float32 (apply_rope's definition)."""
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).type_as(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+def test_rope_is_the_pairwise_rotation_bit_for_bit_eager_and_compiled(dtype):
+    """Eager apply_rope (a complex product) and its compiled form (the pairs) give the pairwise rotation's bits,
+    values and gradients, on q and k as Attention slices them from one qkv projection (with text tokens)."""
+    torch.manual_seed(0)
+    cos, sin = RoPE2D(16)(5, 6, extra=3)
+    qkv = torch.randn(2, 33, 3 * 4 * 16).to(dtype)
+    grads = torch.randn(2, 2, 4, 33, 16).to(dtype)
+    results = []
+    for rope in (pairwise_rope, apply_rope, torch.compile(apply_rope, backend="aot_eager", fullgraph=True)):
+        leaf = qkv.clone().requires_grad_(True)
+        q, k, _ = leaf.unflatten(-1, (3, 4, -1)).permute(2, 0, 3, 1, 4)
+        out = torch.stack([rope(q, cos, sin), rope(k, cos, sin)])
+        out.backward(grads)
+        results.append((out.detach(), leaf.grad))
+    for out, grad in results[1:]:
+        assert out.dtype == dtype
+        assert torch.equal(out, results[0][0]) and torch.equal(grad, results[0][1])
+
+
 def test_value_residual_mixing_formula():
     first = Attention(16, 2, value_residual=True, first=True)
     assert first.eta_logit is None

@@ -97,11 +97,43 @@ class RoPE2D(nn.Module):
         return ang.cos(), ang.sin()
 
 
+def _as_complex(pairs: torch.Tensor) -> torch.Tensor:
+    """float32 ... x 2 pairs as complex numbers: a view where the layout allows one (x's own layout), else a copy."""
+    viewable = pairs.stride(-1) == 1 and pairs.storage_offset() % 2 == 0 and all(s % 2 == 0 for s in pairs.stride()[:-1])
+    return torch.view_as_complex(pairs if viewable else pairs.contiguous())
+
+
+class ComplexRotation(torch.autograd.Function):
+    """pairs (x1, x2) -> (x1 + i x2) * rot, and the gradient * conj(rot): one complex product each way, in the
+    layout the tensors come in (autograd's own view_as_real would first copy the gradient to a contiguous one)."""
+
+    @staticmethod
+    def forward(ctx, pairs: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rot)
+        return torch.view_as_real(_as_complex(pairs) * rot)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (rot,) = ctx.saved_tensors
+        return torch.view_as_real(_as_complex(grad) * rot.conj()), None
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive channel pairs (x1, x2) of x (B x H x N x hd) by the angles behind cos/sin (N x hd/2)."""
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
-    return out.type_as(x)
+    """Rotate consecutive channel pairs (x1, x2) of x (B x H x N x hd) by the angles behind cos/sin (N x hd/2):
+
+        (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos),   in float32, i.e. (x1 + i x2) (cos + i sin).
+
+    Eager, as that complex product (ComplexRotation): one kernel forward and one backward where the pairwise form
+    takes nine and more, with the same float32 products and sums, so the same bits (tests/test_dit.py). Under
+    torch.compile, the pairwise form: inductor fuses it into one kernel, and has no code generation for complex
+    tensors."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    if torch.compiler.is_compiling():
+        x1, x2 = pairs.unbind(-1)
+        out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    else:
+        out = ComplexRotation.apply(pairs, torch.complex(cos, sin))
+    return out.flatten(-2).type_as(x)
 
 
 # ----------------------------------------------------------------------------------------------------
