@@ -4,7 +4,8 @@ At batch 1 on a GPU the DiT is launch-bound: a B forward issues about 1 900 kern
 benchmarks/kernel_count.py), and even a CUDA graph replays each at a few microseconds. `fuse_blocks`
 rewrites, in place and from the same weights, the parts that launch most:
 
-  MoE       the routed experts and the shared one as one SwiGLU of their summed width (w_shared = 1):
+  MoE       the routed experts and the shared one as one SwiGLU of their summed width (w_shared = 1,
+            `models.layers.wide_swiglu`, on weights concatenated once):
                 sum_e w_e (W2_e h_e + b2_e) = [W2_1 ... W2_K] [w_1 h_1; ...; w_K h_K] + sum_e w_e b2_e,
                 h_e = SiLU(W1_e x) * W3_e x
             two GEMMs instead of 2K, no T x E x D stack, and no balance loss (a training quantity).
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 
 from .errors import UserError
 from .models.dit import FusionDiT, FusionDiTBlock
-from .models.layers import Attention, BlockPE, MoESwiGLU, NAFBlock, RoPE2D
+from .models.layers import Attention, BlockPE, MoESwiGLU, NAFBlock, RoPE2D, wide_swiglu
 
 
 def _linear(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Linear:
@@ -67,29 +68,18 @@ class FusedMoE(nn.Module):
     def __init__(self, moe: MoESwiGLU):
         super().__init__()
         self.router, self.top_k = moe.router, moe.top_k
-        experts = [*moe.experts, *([moe.shared] if moe.shared is not None else [])]
-        self.routed, self.width = moe.experts_n, experts[0].w2.in_features
-        # rows ordered [W1_1 .. W1_K, W3_1 .. W3_K], so that one chunk(2) splits the gate from the value
-        w1, w3 = zip(*(e.w13.weight.chunk(2) for e in experts))
-        b1, b3 = zip(*(e.w13.bias.chunk(2) for e in experts))
-        self.w13 = _linear(torch.cat([*w1, *w3]), torch.cat([*b1, *b3]))
+        w13, b13, w2, b2 = moe.wide_weights()  # copied once here; training concatenates them at each call
+        self.w13 = _linear(w13, b13)
         # an nn.Linear only to hold the weight (store_matmul_weights treats it); forward uses it in one addmm
-        self.w2 = _linear(torch.cat([e.w2.weight for e in experts], dim=1), None)
-        self.b2 = nn.Parameter(torch.stack([e.w2.bias.detach() for e in experts]), requires_grad=False)  # K x D
+        self.w2 = _linear(w2, None)
+        self.b2 = nn.Parameter(b2.detach().clone(), requires_grad=False)  # K x D
 
     # the routing is MoESwiGLU's own: softmax over the router's logits, top-k, renormalised
     select, route = MoESwiGLU.select, MoESwiGLU.route
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         flat = x.reshape(-1, x.shape[-1])
-        weights = self.route(flat)[0]  # T x E
-        gate, value = self.w13(flat).chunk(2, dim=-1)
-        hidden = F.silu(gate) * value  # T x K*width
-        # the shared expert's weight is 1; cast once to the hidden units' dtype (bf16 under autocast, as the
-        # product with b2 would cast it there, and in a DiT stored in bf16)
-        mix = F.pad(weights, (0, self.b2.shape[0] - self.routed), value=1.0).to(hidden.dtype)
-        hidden = (hidden.unflatten(-1, (-1, self.width)) * mix.unsqueeze(-1)).flatten(1)
-        out = torch.addmm(mix @ self.b2, hidden, self.w2.weight.t())
+        out = wide_swiglu(flat, self.route(flat)[0], self.w13.weight, self.w13.bias, self.w2.weight, self.b2)
         return out.reshape(x.shape[:-1] + out.shape[-1:]), None  # no balance loss: a training quantity
 
 

@@ -131,10 +131,11 @@ def test_kernel_count_of_a_training_step():
         assert int(total.group(1)) == sum(kernels.values())
     assert phases["fused"]["adamw"][0] <= 4 < phases["foreach"]["adamw"][0] < 30
     assert phases["fused"]["adamw"][1] < 0.5 * phases["foreach"]["adamw"][1]
-    # the tiny preset's DiT has 170 matmul weights and biases: their casts each way become 6 multi-tensor copies
-    # (the embedders, 4 blocks, the final layer)
+    # the tiny preset's DiT has 170 matmul weights and biases, which autocast casts as 106 tensors (each block's
+    # MoE trains on its experts' weights concatenated into 4, models/layers.wide_swiglu): those casts each way
+    # become 6 multi-tensor copies (the embedders, 4 blocks, the final layer)
     for phase in ("forward", "backward"):
-        assert phases["foreach"][phase][0] - phases["fused"][phase][0] > 150, phases
+        assert phases["foreach"][phase][0] - phases["fused"][phase][0] > 80, phases
 
 
 def test_kernel_count_of_the_codec():

@@ -246,6 +246,37 @@ def test_moe_balance_loss_and_routing():
     assert out.shape == x.shape and loss.item() >= 1.0 - 1e-5
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["shared_expert", "routed_only"])
+def test_moe_trains_as_one_wide_swiglu_under_autocast(shared):
+    """Training under bf16 autocast runs the MoE as `wide_swiglu` on freshly concatenated weights: the same
+    function as the per-expert form, with gradients reaching every expert through the concatenation, and no
+    further from float32 than the per-expert form is (a misplaced expert or unit would be off by O(1)). In
+    float32 training keeps the per-expert form, bit for bit (the CPU pipeline's numbers)."""
+    import copy
+
+    torch.manual_seed(0)
+    moe = MoESwiGLU(96, 256, experts=4, top_k=1 if not shared else 2, shared=shared)
+    for p in moe.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x, g = torch.randn(4, 75, 96), torch.randn(4, 75, 96)
+
+    def run(train: bool, autocast: bool):
+        m = copy.deepcopy(moe).train(train)
+        xx = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out, aux = m(xx)
+        ((out.float() * g).sum() + aux).backward()
+        return {"out": out.detach().float(), "x": xx.grad, **{n: p.grad for n, p in m.named_parameters()}}
+
+    reference, per_expert, wide = run(False, False), run(False, True), run(True, True)
+    assert set(wide) == set(reference) and all(wide[k] is not None for k in wide)
+    for k in reference:
+        error = lambda r: float((r[k].float() - reference[k]).norm() / reference[k].norm())
+        assert error(wide) <= 1.1 * error(per_expert) + 1e-4, (k, error(wide), error(per_expert))
+    float32_training = run(True, False)
+    assert all(torch.equal(float32_training[k], reference[k]) for k in reference)
+
+
 def test_presets_grow():
     sizes = []
     for preset in PRESETS:

@@ -256,11 +256,35 @@ def balance_loss(probs: torch.Tensor, topk_idx: torch.Tensor, experts: int) -> t
     return experts * (f * probs.mean(0)).sum()
 
 
+def wide_swiglu(flat: torch.Tensor, weights: torch.Tensor, w13: torch.Tensor, b13: torch.Tensor, w2: torch.Tensor,
+                b2: torch.Tensor) -> torch.Tensor:
+    """K SwiGLU experts mixed by `weights` (T x E, the routed ones; experts E+1.. are shared, weight 1) as one
+    SwiGLU of their summed width, its hidden units scaled by their expert's weight:
+
+        sum_e w_e (W2_e h_e + b2_e) = [W2_1 ... W2_K] [w_1 h_1; ...; w_K h_K] + sum_e w_e b2_e,
+        h_e = SiLU(W1_e x) * W3_e x,
+
+    two GEMMs instead of 2K and no T x K x D stack. w13: rows [W1_1 .. W1_K, W3_1 .. W3_K] (one chunk(2) splits
+    the gates from the values), b13 alike; w2: D x K*width; b2: K x D."""
+    gate, value = F.linear(flat, w13, b13).chunk(2, dim=-1)
+    hidden = F.silu(gate) * value  # T x K*width
+    # cast once to the hidden units' dtype (bf16 under autocast, as the product with b2 would cast it there)
+    mix = F.pad(weights, (0, b2.shape[0] - weights.shape[-1]), value=1.0).to(hidden.dtype)
+    hidden = (hidden.unflatten(-1, (mix.shape[-1], -1)) * mix.unsqueeze(-1)).flatten(1)
+    return torch.addmm(mix @ b2, hidden, w2.t())
+
+
 class MoESwiGLU(nn.Module):
     """Token-level mixture of SwiGLU experts: top-k routed experts (renormalised softmax weights) plus
     an always-on shared expert. Capacity-free dense dispatch: every expert runs on every token and the
     combine weights are zero off the top-k (cheap at these sizes, no token dropping, no scatter).
     Each expert is (k + shared) times narrower than the dense SwiGLU, so active FLOPs match it.
+
+    Training under autocast (bf16-mixed) computes the same function as `wide_swiglu` on the experts' weights
+    concatenated afresh at each call (gradients reach each expert through the concatenation): at a training
+    batch the T x E x D stack, its products and sum, and the per-expert casts and launches outweigh copying the
+    weights. It rounds less than the per-expert form (one bf16 rounding of the mixed output instead of one per
+    expert output, product and sum); float32 training and evaluation keep the per-expert form and its bits.
     """
 
     def __init__(self, dim: int, hidden: int, experts: int = 4, top_k: int = 2, shared: bool = True):
@@ -286,11 +310,22 @@ class MoESwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat = x.reshape(-1, x.shape[-1])
         weights, probs, topi = self.route(flat)
-        out = torch.stack([e(flat) for e in self.experts], dim=1)  # T x E x D
-        out = (weights.unsqueeze(-1).to(out.dtype) * out).sum(1)
-        if self.shared is not None:
-            out = out + self.shared(flat)
+        if self.training and torch.is_autocast_enabled(flat.device.type):
+            out = wide_swiglu(flat, weights, *self.wide_weights())
+        else:
+            out = torch.stack([e(flat) for e in self.experts], dim=1)  # T x E x D
+            out = (weights.unsqueeze(-1).to(out.dtype) * out).sum(1)
+            if self.shared is not None:
+                out = out + self.shared(flat)
         return out.reshape_as(x), balance_loss(probs, topi, self.experts_n)
+
+    def wide_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The experts' (routed, then shared) weights laid out for `wide_swiglu`: w13, b13, w2, b2."""
+        experts = [*self.experts, *([self.shared] if self.shared is not None else [])]
+        w1, w3 = zip(*(e.w13.weight.chunk(2) for e in experts))
+        b1, b3 = zip(*(e.w13.bias.chunk(2) for e in experts))
+        return (torch.cat([*w1, *w3]), torch.cat([*b1, *b3]), torch.cat([e.w2.weight for e in experts], dim=1),
+                torch.stack([e.w2.bias for e in experts]))
 
 
 class DenseFFN(nn.Module):
