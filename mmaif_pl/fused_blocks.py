@@ -72,7 +72,7 @@ class FusedMoE(nn.Module):
         self.w13 = _linear(w13, b13)
         # an nn.Linear only to hold the weight (store_matmul_weights treats it); forward uses it in one addmm
         self.w2 = _linear(w2, None)
-        self.b2 = nn.Parameter(b2.detach().clone(), requires_grad=False)  # K x D
+        self.b2 = nn.Parameter(b2.detach(), requires_grad=False)  # K x D, a new tensor (stacked)
 
     # the routing is MoESwiGLU's own: softmax over the router's logits, top-k, renormalised
     select, route = MoESwiGLU.select, MoESwiGLU.route

@@ -152,7 +152,8 @@ def test_ddp_two_cpu_ranks_hold_identical_weights(tiny_data, precision):
     single = validate_on_one_device(run / "checkpoints" / "step0000002.ckpt", precision, val_batches=1)
     assert {"val/psnr", "val/loss", "val/PSNR", "val/SSIM"} <= single.keys(), single
     for info in infos:
-        assert info["val"] == pytest.approx(single, rel=1e-6, abs=1e-6, nan_ok=True), (info["rank"], info["val"], single)
+        assert info["val"] == pytest.approx(single, rel=1e-6, abs=1e-6, nan_ok=True), (info["rank"], info["val"],
+                                                                                        single)
     recorded = json.loads((run / "metrics.json").read_text())
     assert recorded["step"] == 2
     finite = {k: v for k, v in single.items() if math.isfinite(v)}  # metrics.json leaves out NaNs (a tiny crop's VIF)

@@ -99,7 +99,8 @@ class RoPE2D(nn.Module):
 
 def _as_complex(pairs: torch.Tensor) -> torch.Tensor:
     """float32 ... x 2 pairs as complex numbers: a view where the layout allows one (x's own layout), else a copy."""
-    viewable = pairs.stride(-1) == 1 and pairs.storage_offset() % 2 == 0 and all(s % 2 == 0 for s in pairs.stride()[:-1])
+    strides = (*pairs.stride()[:-1], pairs.storage_offset())
+    viewable = pairs.stride(-1) == 1 and all(s % 2 == 0 for s in strides)
     return torch.view_as_complex(pairs if viewable else pairs.contiguous())
 
 
@@ -310,7 +311,8 @@ class MoESwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat = x.reshape(-1, x.shape[-1])
         weights, probs, topi = self.route(flat)
-        if self.training and torch.is_autocast_enabled(flat.device.type):
+        kind = flat.device.type  # autocast is not defined for every device (the meta device of the FLOP counts)
+        if self.training and torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
             out = wide_swiglu(flat, weights, *self.wide_weights())
         else:
             out = torch.stack([e(flat) for e in self.experts], dim=1)  # T x E x D
