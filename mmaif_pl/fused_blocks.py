@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from .errors import UserError
 from .models.dit import FusionDiT, FusionDiTBlock
-from .models.layers import Attention, BlockPE, MoESwiGLU, NAFBlock, RoPE2D, wide_swiglu
+from .models.layers import Attention, BlockPE, MoESwiGLU, NAFBlock, RoPE2D, autocast_on, wide_swiglu
 
 
 def _linear(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Linear:
@@ -146,8 +146,7 @@ class GroupedLinear(nn.Module):
 
     def forward(self, rows: torch.Tensor, ends: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
         device = rows.device.type
-        autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)  # not on meta
-        dtype = torch.get_autocast_dtype(device) if autocast else self.weight.dtype
+        dtype = torch.get_autocast_dtype(device) if autocast_on(device) else self.weight.dtype
         grouped_mm = torch._grouped_mm if dtype != torch.float32 else grouped_mm_float32
         out = grouped_mm(rows.to(dtype), self.weight.to(dtype).transpose(1, 2), ends)
         return out + self.bias.to(dtype)[group]

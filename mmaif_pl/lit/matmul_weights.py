@@ -25,6 +25,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..models.layers import autocast_on
+
 
 # The layers whose weight and bias bf16 autocast casts on every call (fuse.store_matmul_weights stores the same ones)
 MATMUL_LAYERS = (nn.Linear, nn.Conv2d)
@@ -133,6 +135,4 @@ def dit_units(dit: nn.Module) -> list[nn.Module]:
 def bf16_autocast_on(device: torch.device) -> bool:
     """Whether bf16 autocast is on for `device` (Lightning's bf16-mixed): where CastMatmulWeights gives autocast's
     values. Under float32 the weights must stay float32."""
-    kind = device.type
-    return (torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
-            and torch.get_autocast_dtype(kind) == torch.bfloat16)
+    return autocast_on(device.type) and torch.get_autocast_dtype(device.type) == torch.bfloat16

@@ -12,6 +12,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for this kind of device; False where autocast is not defined for it (the meta device
+    of the FLOP and kernel counts, on which torch.is_autocast_enabled raises)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
 
@@ -311,8 +317,7 @@ class MoESwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat = x.reshape(-1, x.shape[-1])
         weights, probs, topi = self.route(flat)
-        kind = flat.device.type  # autocast is not defined for every device (the meta device of the FLOP counts)
-        if self.training and torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+        if self.training and autocast_on(flat.device.type):
             out = wide_swiglu(flat, weights, *self.wide_weights())
         else:
             out = torch.stack([e(flat) for e in self.experts], dim=1)  # T x E x D
