@@ -41,14 +41,20 @@ def test_smoke_pipeline_reproduces_and_restores_from_remote(tmp_path):
     repo, remote, clone = tmp_path / "repo", tmp_path / "remote", tmp_path / "clone"
     repo.mkdir()
     _clone_worktree(repo)
-    # Smoke scale, and a subset of the matrix (enough to exercise matrix and foreach stages) to keep CI short.
+    # Smoke scale, and a subset of the matrix (enough to exercise matrix and foreach stages) to keep CI short;
+    # speed switches that a CPU accepts, to see them reach the commands.
     (repo / "params.yaml").write_text(
-        "scale: smoke\nvariants: [regression, flow, no-prompt]\nevaluations:\n"
+        "scale: smoke\ntrain_flags: --channels-last\nfuse_flags: --fast\n"
+        "variants: [regression, flow, no-prompt]\nevaluations:\n"
         "  regression: {variant: regression, steps: 1, shifts: 1}\n  flow: {variant: flow, steps: 2, shifts: 2}\n"
         "  flow-s1: {variant: flow, steps: 1, shifts: 1}\n  no-prompt: {variant: no-prompt, steps: 1, shifts: 1}\n")
     assert "scale: cpu" in (REPO / "params.yaml").read_text()  # the real pipeline file is what we replaced
     _run(f"dvc remote add -f -d storage {remote} && mmaif data build --out data && dvc commit -q -f data.dvc", repo)
-    _run("dvc repro", repo)
+    log = _run("dvc repro 2>&1", repo)
+
+    for variant in ("regression", "flow", "no-prompt"):  # train_flags reached every training command
+        assert json.loads((repo / "runs" / variant / "train_summary.json").read_text())["channels_last"] is True
+    assert log.count("note: --fast") == 4, log[-3000:]  # ... and fuse_flags each of the 4 fusing ones
 
     report = (repo / "reports" / "ablation.md").read_text()
     for name in ("regression", "flow", "flow-s1", "no-prompt", "baseline", "baseline-average"):
