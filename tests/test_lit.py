@@ -651,3 +651,28 @@ def test_one_cast_of_the_matmul_weights_on_the_gpu_matches_autocast():
     assert grads.keys() == ref_grads.keys()
     for n in ref_grads:
         torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("limit, shown", [({"max_steps": 3}, "Epoch 1"), ({"max_epochs": 2}, "Epoch 1/1")])
+def test_the_progress_bar_shows_no_negative_epoch_total(limit, shown):
+    """Every run here is bounded by its steps, for which Lightning sets max_epochs=-1, and Lightning 2.6.6's rich bar
+    then showed "Epoch 1/-2". checked_trainer's bar shows "Epoch 1"; a run bounded by epochs keeps its total."""
+    pytest.importorskip("rich")
+    from mmaif_pl.lit.trainer import checked_trainer
+
+    class Linear(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.net(batch).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = checked_trainer("test", logger=False, accelerator="cpu", enable_checkpointing=False,
+                              enable_model_summary=False, **limit)
+    trainer.fit(Linear(), torch.utils.data.DataLoader(torch.randn(4, 2), batch_size=2))
+    assert trainer.current_epoch == 2 if "max_epochs" in limit else trainer.global_step == 3
+    assert trainer.progress_bar_callback._get_train_description(1).rstrip() == shown

@@ -1,4 +1,5 @@
-"""A Lightning Trainer whose refusals of its settings are one-line ConfigErrors, not tracebacks."""
+"""A Lightning Trainer whose refusals of its settings are one-line ConfigErrors, not tracebacks, and whose progress
+bar reads right for runs bounded by steps."""
 from __future__ import annotations
 
 from ..errors import ConfigError
@@ -10,8 +11,33 @@ def checked_trainer(settings: str, **kwargs):
     keys behind the arguments. Building a Trainer writes nothing, so a caller can build it before its first write."""
     import lightning as L
     from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.callbacks import ProgressBar
 
+    callbacks = list(kwargs.get("callbacks") or [])
+    if kwargs.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        kwargs["callbacks"] = [*callbacks, default_progress_bar()]
     try:
         return L.Trainer(**kwargs)
     except (ValueError, MisconfigurationException) as exc:
         raise ConfigError(f"Lightning refused the run's settings ({settings}): {exc}") from exc
+
+
+def default_progress_bar():
+    """The bar Lightning would pick (rich where installed, else tqdm). The rich one, in Lightning <= 2.6.6, shows
+    "Epoch 3/-2" when a run is bounded by its steps (max_epochs=-1, as every run here; Lightning-AI/
+    pytorch-lightning#21925): this one shows "Epoch 3"."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
+
+    if not _RICH_AVAILABLE:
+        return TQDMProgressBar()
+
+    class StepBoundedRichProgressBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            description = super()._get_train_description(current_epoch)
+            if self.trainer.max_epochs == -1:  # no epoch total to show
+                shown = description.replace(f"Epoch {current_epoch}/-2", f"Epoch {current_epoch}", 1)
+                description = shown.ljust(len(description))  # Lightning pads it to the validation bar's width
+            return description
+
+    return StepBoundedRichProgressBar()
