@@ -12,7 +12,7 @@
 #   bash benchmarks/gpu_prepare.sh                 # here, once: missing wheels + MiniLM tokenizer -> .gpu_assets/
 #   device run: command "bash benchmarks/gpu_check.sh", carry [".gpu_assets"], timeout_s 600
 #   a subset: "ONLY='tests graphs throughput' DEADLINE=200 bash benchmarks/gpu_check.sh"
-#   (steps, in order: tests graphs sparse bf16dit taesd unfused profile compile throughput data fsdp trainc traincg eager big
+#   (steps, in order: tests graphs sparse bf16dit taesd unfused profile compile throughput trainc data fsdp traincg eager big
 #   codec kl)
 # Results in $OUT (or the folder given as $1; default gpu_check/): log.txt, latency_graphs.json, throughput.json,
 # latency.json, latency_4096.json, codec_psnr.json, latency_compiled.json (7 files, all small; the device tool
@@ -128,6 +128,10 @@ step compile 240 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --co
 step throughput 150 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --profile 25 \
   --json "$OUT/throughput.json" "${TEXT[@]}"
 
+# -- the same with the DiT's blocks compiled (regional torch.compile, forward and backward): inductor's own count
+#    puts the compiled step at 35% fewer bytes per image (docs/speed.md), so it runs right after the eager one ------
+step trainc 150 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --compile default "${TEXT[@]}"  # log only
+
 # -- one loader worker's rate with OpenCV on one thread, beside the loader's N-worker rate above: the loader's
 #    workers each leave OpenCV its all-core thread pool (setting it after fork deadlocks); log only
 step data 30 $PY benchmarks/data_throughput.py --samples 200 --repeats 3
@@ -135,9 +139,6 @@ step data 30 $PY benchmarks/data_throughput.py --samples 200 --repeats 3
 # -- FSDP (train.strategy=fsdp, lit/sharding.py) on one GPU against the default strategy: it runs on CUDA -------
 step fsdp 150 $PY -m pytest -q -p no:cacheprovider \
   tests/test_ddp.py::test_fsdp_on_one_gpu_trains_like_the_default_strategy
-
-# -- the same with the DiT's blocks compiled (regional torch.compile, forward and backward) ----------------------
-step trainc 150 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --compile default "${TEXT[@]}"  # log only
 
 # -- the same with each compiled block's forward and backward replayed as CUDA graphs (reduce-overhead): the lever
 #    for a host-bound step, if inductor's CUDA-graph trees take Lightning's training loop; log only ---------------
