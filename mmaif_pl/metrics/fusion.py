@@ -145,13 +145,13 @@ def fusion_metrics(profile: str | MetricProfile = "default", with_reference: boo
     batch, and these metrics share no state.
     """
     table = {**NO_REFERENCE, **(WITH_REFERENCE if with_reference else {})}
+    known = {**NO_REFERENCE, **WITH_REFERENCE}  # `names` may pick a reference metric without `with_reference`
     chosen = names if names is not None else list(table)
-    unknown = [n for n in chosen if n not in {**NO_REFERENCE, **WITH_REFERENCE}]
+    unknown = [n for n in chosen if n not in known]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; known: {metric_names(True)}")
     prof = get_profile(profile)
-    return MetricCollection({n: {**NO_REFERENCE, **WITH_REFERENCE}[n](profile=prof, **metric_kwargs) for n in chosen},
-                            compute_groups=False)
+    return MetricCollection({n: known[n](profile=prof, **metric_kwargs) for n in chosen}, compute_groups=False)
 
 
 @torch.no_grad()
