@@ -263,3 +263,71 @@ def test_codec_training_refuses_bad_trainer_settings_with_the_key_named(linear, 
     with pytest.raises(ConfigError, match="train.accelerator=bogus"):
         fit_codec(codec, load([], ["codec.steps=2", "codec.fit_batches=1"]).codec, lambda: DataLoader(samples),
                   trainer_kwargs={"accelerator": "bogus", "precision": "32-true"}, log=lambda *a: None)
+
+
+def test_a_codec_is_saved_whole_while_others_save_and_load_it(tmp_path, linear, monkeypatch):
+    """Ranks of a multi-process run started together (torchrun, SLURM) each fit the run's codec, save it into the
+    same folder with `replace=False` (lit.commands.prepare_codec) and load it. A save publishes a whole folder in
+    one rename and the first one stays, so a load finds no codec yet or the whole one; written in place, loads
+    found a folder without its codec.json yet, or a codec.json or safetensors file that another save had just
+    truncated. A failed save leaves the codec that was there; nothing temporary is left; a folder that holds
+    something else is not replaced."""
+    import threading
+    import time
+
+    import mmaif_pl.models.codec as codec_module
+
+    folder, errors, stop = tmp_path / "codec", [], threading.Event()
+
+    def save_again():
+        try:
+            while not stop.is_set():
+                linear.save(folder, replace=False)
+        except Exception as exc:  # pragma: no cover - what the test reports
+            errors.append(f"save: {exc!r}")
+
+    writers = [threading.Thread(target=save_again) for _ in range(2)]
+    for w in writers:
+        w.start()
+    loads, deadline = 0, time.monotonic() + 30
+    try:
+        while loads < 200 and time.monotonic() < deadline:
+            try:
+                loaded = LatentCodec.load(folder)
+            except UserError as exc:
+                assert "codec folder not found" in str(exc), exc  # before the first save
+                continue
+            except Exception as exc:
+                errors.append(f"load: {exc!r}")
+                break
+            assert loaded.identity() == linear.identity()
+            loads += 1
+    finally:
+        stop.set()
+        for w in writers:
+            w.join()
+    assert not errors, errors[:3]
+    assert loads == 200
+
+    other = LatentCodec("linear", 4, 16)  # another codec: kept out by replace=False, written by the default
+    assert other.identity() != linear.identity()
+    assert other.save(folder, replace=False) is False
+    assert LatentCodec.load(folder).identity() == linear.identity()
+
+    def broken_save_file(*args, **kwargs):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr(codec_module, "save_file", broken_save_file)
+        with pytest.raises(OSError, match="disk full"):
+            other.save(folder)
+    assert LatentCodec.load(folder).identity() == linear.identity()
+    assert other.save(folder) is True
+    assert LatentCodec.load(folder).identity() == other.identity()
+    assert [p.name for p in tmp_path.iterdir()] == ["codec"]
+
+    busy = tmp_path / "runs"  # `mmaif train-codec --out runs` by mistake: replacing it would delete the runs
+    (busy / "flow").mkdir(parents=True)
+    with pytest.raises(UserError, match="runs is not empty and holds no codec"):
+        other.save(busy)
+    assert [p.name for p in busy.iterdir()] == ["flow"]

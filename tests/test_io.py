@@ -90,3 +90,55 @@ def test_write_is_lossless_atomic_and_accepts_tensors(tmp_path):
     np.testing.assert_allclose(read_image(tmp_path / "b16.png"), RGB16 / 65535.0, atol=1e-6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b16.png", "t.png"]  # no temp leftovers
     assert torch.equal(to_tensor(img), torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_writes_publish_with_the_modes_of_a_plain_write(tmp_path, monkeypatch, umask):
+    """tempfile makes private files (0600) and folders (0700); what the atomic writes publish gets the modes a
+    plain open() or mkdir() gives under the process's umask (before, every image, config, metrics file and the
+    embedded data folder were readable by their owner only). A library that writes private files (safetensors)
+    inside a published folder is brought in line too."""
+    import stat
+
+    from safetensors.torch import save_file
+
+    import mmaif_pl.atomic as atomic
+
+    monkeypatch.setattr(atomic, "UMASK", umask)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    atomic.write_bytes_atomic(tmp_path / "a.bin", b"x")
+
+    def write(folder):
+        (folder / "sub").mkdir()
+        save_file({"w": torch.zeros(2)}, folder / "sub" / "w.safetensors")
+
+    assert atomic.write_dir_atomic(tmp_path / "folder", write)
+    assert mode(tmp_path / "a.bin") == mode(tmp_path / "folder" / "sub" / "w.safetensors") == 0o666 & ~umask
+    assert mode(tmp_path / "folder") == mode(tmp_path / "folder" / "sub") == 0o777 & ~umask
+
+
+def test_write_dir_atomic_replaces_keeps_or_leaves_the_old_folder(tmp_path):
+    from mmaif_pl.atomic import write_dir_atomic
+
+    def files(*names):
+        return lambda folder: [(folder / n).write_text(n) for n in names]
+
+    target = tmp_path / "out"
+    assert write_dir_atomic(target, files("one")) is True
+    assert write_dir_atomic(target, files("two"), replace=False) is False  # kept: the first one published wins
+    assert sorted(p.name for p in target.iterdir()) == ["one"]
+    assert write_dir_atomic(target, files("three")) is True  # replaced whole: nothing of the old one left
+    assert sorted(p.name for p in target.iterdir()) == ["three"]
+
+    def fails(folder):
+        (folder / "half").write_text("half")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        write_dir_atomic(target, fails)
+    assert sorted(p.name for p in target.iterdir()) == ["three"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary or trash folder left
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(NotADirectoryError):
+        write_dir_atomic(tmp_path / "file", files("x"))
+    assert (tmp_path / "file").read_text() == "not a folder"

@@ -1,9 +1,11 @@
 """The embedded default dataset: layout, determinism, and that each task's synthesis does what it says."""
 import hashlib
+import stat
 
 import numpy as np
 import pytest
 
+from mmaif_pl.atomic import UMASK
 from mmaif_pl.data.io import read_image
 from mmaif_pl.data.sources import discover, load_pair
 from mmaif_pl.data.synth import TEST_PHOTOS, TRAIN_PHOTOS, build, make_pair
@@ -25,6 +27,8 @@ def test_build_is_byte_identical_and_atomic(tmp_path, embedded_data):
     with pytest.raises(FileExistsError):
         build(again, counts={"train": 1, "test": 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]  # no temporary folder left behind
+    # a plain mkdir's mode, not tempfile's private 0700: the team can read the data on a shared machine
+    assert stat.S_IMODE(again.stat().st_mode) == 0o777 & ~UMASK
 
 
 def test_layout_is_discoverable_per_task_and_split(embedded_data):

@@ -18,9 +18,7 @@ deterministic, so the bytes are identical on every run and `data.dvc` stays vali
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import tempfile
 import time
 import zlib
 from functools import lru_cache
@@ -29,6 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..atomic import write_dir_atomic
 from . import teacher
 from .color import luma
 from .io import encode_png, write_bytes_atomic
@@ -198,11 +197,10 @@ def build(out: str | Path = "data", counts: dict[str, int] | None = None, log=pr
     counts = counts or COUNTS
     if out.exists():
         raise FileExistsError(f"{out} exists; remove it to rebuild")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     manifest: dict = {"version": VERSION, "photos": {"train": TRAIN_PHOTOS, "test": TEST_PHOTOS}, "pairs": []}
     start = time.perf_counter()
-    try:
+
+    def write(tmp: Path) -> None:
         for task in TASKS:
             for split, n in counts.items():
                 for i in range(n):
@@ -214,9 +212,8 @@ def build(out: str | Path = "data", counts: dict[str, int] | None = None, log=pr
                     manifest["pairs"].append({"name": name, **meta})
                 log(f"  {task}/{split}: {n} pairs", file=sys.stderr) if log is print else log(f"{task}/{split}: {n}")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    if not write_dir_atomic(out, write, replace=False):
+        raise FileExistsError(f"{out} exists; remove it to rebuild")  # made by another process meanwhile
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {"pairs": len(manifest["pairs"]), "bytes": size, "seconds": time.perf_counter() - start, "out": str(out)}

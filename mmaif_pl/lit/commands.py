@@ -141,16 +141,16 @@ def prepare_codec(cfg, run_dir: Path, train_loader=None):
     if cfg.codec.kind != "linear":
         raise ConfigError(f"codec.kind={cfg.codec.kind} needs codec.path: run `mmaif train-codec` first")
     folder = run_dir / "codec"
-    if (folder / "codec.json").is_file():
-        codec = LatentCodec.load(folder)
-    else:
+    if not (folder / "codec.json").is_file():
         if train_loader is None:
             train_loader = _codec_loaders(cfg)[0]
         codec = LatentCodec.from_config(cfg.codec)
         fit_codec(codec, cfg.codec, train_loader)
-        codec.save(folder)
+        # The ranks of a run launched together (torchrun, SLURM) each fit it; the first saved is kept, and every
+        # rank trains with that one, the codec that the checkpoints name.
+        codec.save(folder, replace=False)
     cfg.codec.path = str(folder)
-    return codec
+    return LatentCodec.load(folder)
 
 
 def _trainer(cfg, run_dir: Path, strategy, trainer_kwargs=None):

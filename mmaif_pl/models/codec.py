@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from ..atomic import write_dir_atomic
 from ..errors import UserError
 
 KINDS = ("linear", "kl", "tiny", "pretrained")
@@ -276,16 +277,25 @@ class LatentCodec(nn.Module):
             h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
         return {**self.describe(), "digest": h.hexdigest()[:16]}
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | Path, replace: bool = True) -> bool:
+        """Write the codec to `folder` as one unit (atomic.write_dir_atomic): a reader, another rank of the run
+        included, loads the old codec or the new one, never half of one. `replace=False` keeps a codec already
+        there (ranks that fit the same codec at once: the first one saved is the run's). Returns whether this
+        codec is the one in `folder`. A folder with other contents is not replaced (that would delete them)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        if self.linear is not None:
-            save_file({k: v.contiguous() for k, v in self.linear.state_dict().items()}, folder / "linear.safetensors")
-        if self.ae is not None:
-            self.ae.save_pretrained(folder / "ae")
-        meta = {**self.identity(), "latent_mean": self.latent_mean.tolist(), "latent_std": self.latent_std.tolist()}
-        (folder / "codec.json").write_text(json.dumps(meta, indent=2) + "\n")
-        return folder
+        if replace and folder.is_dir() and any(folder.iterdir()) and not (folder / "codec.json").is_file():
+            raise UserError(f"{folder} is not empty and holds no codec (codec.json): refusing to replace it; "
+                            "give an empty or new folder")
+
+        def write(tmp: Path) -> None:
+            if self.linear is not None:
+                save_file({k: v.contiguous() for k, v in self.linear.state_dict().items()}, tmp / "linear.safetensors")
+            if self.ae is not None:
+                self.ae.save_pretrained(tmp / "ae")
+            meta = {**self.identity(), "latent_mean": self.latent_mean.tolist(), "latent_std": self.latent_std.tolist()}
+            (tmp / "codec.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+        return write_dir_atomic(folder, write, replace)
 
     @classmethod
     def load(cls, folder: str | Path) -> "LatentCodec":
