@@ -9,6 +9,7 @@ must end with DDP's weights, bit for bit, in a checkpoint that a single-device r
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -30,7 +31,7 @@ SCRIPT = textwrap.dedent("""
 
     root, precision, strategy, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     max_steps, stop, resume = int(sys.argv[5]), int(sys.argv[6]), sys.argv[7] == "resume"
-    accelerator, devices = sys.argv[8], int(sys.argv[9])
+    accelerator, devices, nodes = sys.argv[8], int(sys.argv[9]), int(sys.argv[10])
     if accelerator == "cuda":  # cuDNN's and cuBLAS's deterministic kernels: a rerun gives the same weights
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -42,6 +43,7 @@ SCRIPT = textwrap.dedent("""
                     "train.val_batches=1", "train.log_every=1", "train.lr=1e-3", "train.ema_decay=0.5",
                     f"train.out_dir={root / 'runs'}", f"train.name={name}", f"train.precision={precision}",
                     f"train.strategy={strategy}", f"train.accelerator={accelerator}", f"train.devices={devices}",
+                    f"train.num_nodes={nodes}",
                     *([f"text.encoder={text}"] if text else [])])
     quiet = {"enable_progress_bar": False, "enable_model_summary": False}
     module, trainer, run_dir = run_training(cfg, trainer_kwargs={**quiet, **({"max_steps": stop} if stop else {})},
@@ -54,6 +56,10 @@ SCRIPT = textwrap.dedent("""
     (root / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "world_size": trainer.world_size,
                                                        "step": trainer.global_step,
                                                        "strategy": type(trainer.strategy).__name__,
+                                                       "node_rank": trainer.node_rank,
+                                                       "local_rank": trainer.local_rank,
+                                                       "environment":
+                                                           type(trainer.strategy.cluster_environment).__name__,
                                                        "cast_weights": hasattr(module, "_matmul_casts"),
                                                        "numel": sum(p.numel() for p in module.dit.parameters()),
                                                        "local_numel": sum(local(p).numel()
@@ -78,8 +84,10 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def train_ranks(root: Path, precision: str, strategy: str, name: str, max_steps: int, stop: int = 0,
-                resume: bool = False, accelerator: str = "cpu", devices: int = 2) -> list[dict]:
-    """Run the script on `devices` ranks; -> each rank's info (its weights are in rank<r>.pt)."""
+                resume: bool = False, accelerator: str = "cpu", devices: int = 2, nodes: int = 1) -> list[dict]:
+    """Run the script on `devices` ranks (of each of `nodes` nodes); -> each rank's info (its weights are in
+    rank<r>.pt). One node: Lightning starts the other ranks. Several: each node's ranks are started by a torchrun
+    of their own, all on this machine, as a cluster's job script starts them on each node."""
     for old in root.glob("rank*"):
         old.unlink()
     script = root / "train_ranks.py"
@@ -88,13 +96,31 @@ def train_ranks(root: Path, precision: str, strategy: str, name: str, max_steps:
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}  # cuBLAS's deterministic workspace (used on CUDA only)
     args = [str(root), precision, strategy, name, str(max_steps), str(stop), "resume" if resume else "new",
-            accelerator, str(devices)]
-    res = subprocess.run([sys.executable, str(script), *args], cwd=root, env=env, capture_output=True, text=True,
-                         timeout=280)
-    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-5000:])
-    infos = [json.loads((root / f"rank{r}.json").read_text()) for r in range(devices)]
-    assert [i["rank"] for i in infos] == list(range(devices))
-    assert all(i["world_size"] == devices for i in infos), infos
+            accelerator, str(devices), str(nodes)]
+    if nodes == 1:
+        res = subprocess.run([sys.executable, str(script), *args], cwd=root, env=env, capture_output=True, text=True,
+                             timeout=280)
+        assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-5000:])
+    else:
+        with socket.socket() as s:  # a free port for the rendezvous, which node 0's torchrun hosts
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        logs = [root / f"node{n}.log" for n in range(nodes)]
+        procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}",
+                                   f"--nproc-per-node={devices}", f"--node-rank={n}", "--master-addr=127.0.0.1",
+                                   f"--master-port={port}", str(script), *args],
+                                  cwd=root, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+                 for n, log in enumerate(logs)]
+        try:
+            codes = [p.wait(timeout=280) for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+        assert codes == [0] * nodes, [log.read_text()[-4000:] for log in logs]
+    ranks = devices * nodes
+    infos = [json.loads((root / f"rank{r}.json").read_text()) for r in range(ranks)]
+    assert [i["rank"] for i in infos] == list(range(ranks))
+    assert all(i["world_size"] == ranks for i in infos), infos
     return infos
 
 
@@ -158,6 +184,35 @@ def test_ddp_two_cpu_ranks_hold_identical_weights(tiny_data, precision):
     assert recorded["step"] == 2
     finite = {k: v for k, v in single.items() if math.isfinite(v)}  # metrics.json leaves out NaNs (a tiny crop's VIF)
     assert {f"val/{k}": v for k, v in recorded.items() if k != "step"} == pytest.approx(finite, rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_nodes_started_by_torchrun_train_as_one_node_with_two_devices(tiny_data):
+    """Multi-node from the config only: `train.num_nodes=2 train.devices=1`, each node's process started by a
+    torchrun of its own (node ranks 0 and 1, the rendezvous on node 0), here both on this machine over gloo;
+    Lightning reads the ranks from torchrun's environment. Both ranks fit the run's linear codec at the same moment
+    and save it into the shared run folder; the first one saved is the codec every rank trains with and the
+    checkpoint names. The two nodes end with the weights that one node with two devices reaches, bit for bit:
+    the same batches, the same all-reduce."""
+    from mmaif_pl.models.codec import LatentCodec
+
+    nodes = train_ranks(tiny_data, "32-true", "ddp", "two_nodes", max_steps=3, devices=1, nodes=2)
+    assert [(i["node_rank"], i["local_rank"]) for i in nodes] == [(0, 0), (1, 0)], nodes
+    assert all(i["environment"] == "TorchElasticEnvironment" and i["step"] == 3 for i in nodes), nodes
+    on_nodes = rank_weights(tiny_data)
+    one = train_ranks(tiny_data, "32-true", "ddp", "one_node", max_steps=3)
+    assert [(i["node_rank"], i["local_rank"]) for i in one] == [(0, 0), (0, 1)], one
+    on_one = rank_weights(tiny_data)[0]
+    for part in ("dit", "ema"):
+        assert_same(on_nodes[0][part], on_nodes[1][part], f"{part} across nodes")
+        assert_same(on_nodes[0][part], on_one[part], f"{part}: two nodes against one node with two devices")
+    assert on_nodes[0]["dit"]["final.linear.weight"].abs().sum() > 0  # the weights moved
+
+    run = tiny_data / "runs" / "two_nodes"
+    meta = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["mmaif"]
+    assert meta["codec"] == LatentCodec.load(run / "codec").identity()
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
 def test_strategy_names():
