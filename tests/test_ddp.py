@@ -84,10 +84,12 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def train_ranks(root: Path, precision: str, strategy: str, name: str, max_steps: int, stop: int = 0,
-                resume: bool = False, accelerator: str = "cpu", devices: int = 2, nodes: int = 1) -> list[dict]:
+                resume: bool = False, accelerator: str = "cpu", devices: int = 2, nodes: int = 1,
+                launcher: str = "torchrun") -> list[dict]:
     """Run the script on `devices` ranks (of each of `nodes` nodes); -> each rank's info (its weights are in
-    rank<r>.pt). One node: Lightning starts the other ranks. Several: each node's ranks are started by a torchrun
-    of their own, all on this machine, as a cluster's job script starts them on each node."""
+    rank<r>.pt). One node: Lightning starts the other ranks. Several, all on this machine: `launcher` torchrun
+    starts each node's ranks with a torchrun of its own, as a job script does on each node; `slurm` starts each
+    rank with the environment srun gives a task (one task per device)."""
     for old in root.glob("rank*"):
         old.unlink()
     script = root / "train_ranks.py"
@@ -102,21 +104,29 @@ def train_ranks(root: Path, precision: str, strategy: str, name: str, max_steps:
                              timeout=280)
         assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-5000:])
     else:
-        with socket.socket() as s:  # a free port for the rendezvous, which node 0's torchrun hosts
+        with socket.socket() as s:  # a free port for the rendezvous (node 0 hosts it)
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        logs = [root / f"node{n}.log" for n in range(nodes)]
-        procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}",
-                                   f"--nproc-per-node={devices}", f"--node-rank={n}", "--master-addr=127.0.0.1",
-                                   f"--master-port={port}", str(script), *args],
-                                  cwd=root, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-                 for n, log in enumerate(logs)]
+        if launcher == "torchrun":
+            starts = [([sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}",
+                        f"--nproc-per-node={devices}", f"--node-rank={n}", "--master-addr=127.0.0.1",
+                        f"--master-port={port}"], {}) for n in range(nodes)]
+        else:
+            assert launcher == "slurm", launcher
+            starts = [([sys.executable], {
+                "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "mmaif", "SLURM_NODELIST": "127.0.0.1",
+                "SLURM_NNODES": str(nodes), "SLURM_NTASKS": str(nodes * devices),
+                "SLURM_NTASKS_PER_NODE": str(devices), "SLURM_PROCID": str(r), "SLURM_NODEID": str(r // devices),
+                "SLURM_LOCALID": str(r % devices), "MASTER_PORT": str(port)}) for r in range(nodes * devices)]
+        logs = [root / f"{launcher}{i}.log" for i in range(len(starts))]
+        procs = [subprocess.Popen([*cmd, str(script), *args], cwd=root, env={**env, **extra}, stdout=log.open("w"),
+                                  stderr=subprocess.STDOUT) for (cmd, extra), log in zip(starts, logs)]
         try:
             codes = [p.wait(timeout=280) for p in procs]
         finally:
             for p in procs:
                 p.kill()
-        assert codes == [0] * nodes, [log.read_text()[-4000:] for log in logs]
+        assert codes == [0] * len(procs), [log.read_text()[-4000:] for log in logs]
     ranks = devices * nodes
     infos = [json.loads((root / f"rank{r}.json").read_text()) for r in range(ranks)]
     assert [i["rank"] for i in infos] == list(range(ranks))
@@ -186,30 +196,38 @@ def test_ddp_two_cpu_ranks_hold_identical_weights(tiny_data, precision):
     assert {f"val/{k}": v for k, v in recorded.items() if k != "step"} == pytest.approx(finite, rel=1e-6, abs=1e-6)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_two_nodes_started_by_torchrun_train_as_one_node_with_two_devices(tiny_data):
-    """Multi-node from the config only: `train.num_nodes=2 train.devices=1`, each node's process started by a
-    torchrun of its own (node ranks 0 and 1, the rendezvous on node 0), here both on this machine over gloo;
-    Lightning reads the ranks from torchrun's environment. Both ranks fit the run's linear codec at the same moment
-    and save it into the shared run folder; the first one saved is the codec every rank trains with and the
-    checkpoint names. The two nodes end with the weights that one node with two devices reaches, bit for bit:
-    the same batches, the same all-reduce."""
-    from mmaif_pl.models.codec import LatentCodec
-
-    nodes = train_ranks(tiny_data, "32-true", "ddp", "two_nodes", max_steps=3, devices=1, nodes=2)
-    assert [(i["node_rank"], i["local_rank"]) for i in nodes] == [(0, 0), (1, 0)], nodes
-    assert all(i["environment"] == "TorchElasticEnvironment" and i["step"] == 3 for i in nodes), nodes
-    on_nodes = rank_weights(tiny_data)
+@pytest.fixture(scope="module")
+def one_node_two_devices(tiny_data) -> dict:
+    """The weights after 3 steps on one node with two devices (DDP, 32-true): what two nodes must reach."""
     one = train_ranks(tiny_data, "32-true", "ddp", "one_node", max_steps=3)
     assert [(i["node_rank"], i["local_rank"]) for i in one] == [(0, 0), (0, 1)], one
-    on_one = rank_weights(tiny_data)[0]
+    return rank_weights(tiny_data)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("launcher, environment", [("torchrun", "TorchElasticEnvironment"),
+                                                   ("slurm", "SLURMEnvironment")])
+def test_two_nodes_train_as_one_node_with_two_devices(tiny_data, one_node_two_devices, launcher, environment):
+    """Multi-node from the config only: `train.num_nodes=2 train.devices=1` on two "nodes" of this machine (gloo),
+    started by a torchrun per node (node ranks 0 and 1, the rendezvous on node 0), or as srun starts the tasks of a
+    SLURM job (its environment, one task per node); Lightning reads the ranks from it. Both ranks fit the run's
+    linear codec at the same moment and save it into the shared run folder; the first one saved is the codec
+    every rank trains with and the checkpoint names. The two nodes end with the weights that one node with two
+    devices reaches, bit for bit: the same batches, the same all-reduce."""
+    from mmaif_pl.models.codec import LatentCodec
+
+    name = f"two_nodes_{launcher}"
+    nodes = train_ranks(tiny_data, "32-true", "ddp", name, max_steps=3, devices=1, nodes=2, launcher=launcher)
+    assert [(i["node_rank"], i["local_rank"]) for i in nodes] == [(0, 0), (1, 0)], nodes
+    assert all(i["environment"] == environment and i["step"] == 3 for i in nodes), nodes
+    on_nodes = rank_weights(tiny_data)
     for part in ("dit", "ema"):
         assert_same(on_nodes[0][part], on_nodes[1][part], f"{part} across nodes")
-        assert_same(on_nodes[0][part], on_one[part], f"{part}: two nodes against one node with two devices")
+        assert_same(on_nodes[0][part], one_node_two_devices[part], f"{part}: two nodes against one with two devices")
     assert on_nodes[0]["dit"]["final.linear.weight"].abs().sum() > 0  # the weights moved
 
-    run = tiny_data / "runs" / "two_nodes"
+    run = tiny_data / "runs" / name
     meta = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["mmaif"]
     assert meta["codec"] == LatentCodec.load(run / "codec").identity()
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temporary folder left
