@@ -6,6 +6,7 @@ own (not inside pytest). DDP: after a few optimizer steps both ranks must hold i
 from their initialisation. FSDP (lit/sharding.py): each rank must hold only its shards, and a run stopped and resumed
 must end with DDP's weights, bit for bit, in a checkpoint that a single-device run could have written.
 """
+import contextlib
 import json
 import math
 import os
@@ -119,13 +120,15 @@ def train_ranks(root: Path, precision: str, strategy: str, name: str, max_steps:
                 "SLURM_NTASKS_PER_NODE": str(devices), "SLURM_PROCID": str(r), "SLURM_NODEID": str(r // devices),
                 "SLURM_LOCALID": str(r % devices), "MASTER_PORT": str(port)}) for r in range(nodes * devices)]
         logs = [root / f"{launcher}{i}.log" for i in range(len(starts))]
-        procs = [subprocess.Popen([*cmd, str(script), *args], cwd=root, env={**env, **extra}, stdout=log.open("w"),
-                                  stderr=subprocess.STDOUT) for (cmd, extra), log in zip(starts, logs)]
-        try:
-            codes = [p.wait(timeout=280) for p in procs]
-        finally:
-            for p in procs:
-                p.kill()
+        with contextlib.ExitStack() as files:
+            procs = [subprocess.Popen([*cmd, str(script), *args], cwd=root, env={**env, **extra},
+                                      stdout=files.enter_context(log.open("w")), stderr=subprocess.STDOUT)
+                     for (cmd, extra), log in zip(starts, logs)]
+            try:
+                codes = [p.wait(timeout=280) for p in procs]
+            finally:
+                for p in procs:
+                    p.kill()  # any still running (one that waits for a failed one): nothing is left behind
         assert codes == [0] * len(procs), [log.read_text()[-4000:] for log in logs]
     ranks = devices * nodes
     infos = [json.loads((root / f"rank{r}.json").read_text()) for r in range(ranks)]
@@ -215,6 +218,7 @@ def test_two_nodes_train_as_one_node_with_two_devices(tiny_data, one_node_two_de
     linear codec at the same moment and save it into the shared run folder; the first one saved is the codec
     every rank trains with and the checkpoint names. The two nodes end with the weights that one node with two
     devices reaches, bit for bit: the same batches, the same all-reduce."""
+    from mmaif_pl.lit.fusion import read_checkpoint
     from mmaif_pl.models.codec import LatentCodec
 
     name = f"two_nodes_{launcher}"
@@ -228,8 +232,8 @@ def test_two_nodes_train_as_one_node_with_two_devices(tiny_data, one_node_two_de
     assert on_nodes[0]["dit"]["final.linear.weight"].abs().sum() > 0  # the weights moved
 
     run = tiny_data / "runs" / name
-    meta = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["mmaif"]
-    assert meta["codec"] == LatentCodec.load(run / "codec").identity()
+    recorded = read_checkpoint(run / "checkpoints" / "last.ckpt")["mmaif"]["codec"]
+    assert recorded == LatentCodec.load(run / "codec").identity()
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
