@@ -90,7 +90,8 @@ def train_ranks(root: Path, precision: str, strategy: str, name: str, max_steps:
     """Run the script on `devices` ranks (of each of `nodes` nodes); -> each rank's info (its weights are in
     rank<r>.pt). One node: Lightning starts the other ranks. Several, all on this machine: `launcher` torchrun
     starts each node's ranks with a torchrun of its own, as a job script does on each node; `slurm` starts each
-    rank with the environment srun gives a task (one task per device)."""
+    rank with the environment srun gives a task (one task per device); `by_hand` starts each node's script with
+    MASTER_ADDR and NODE_RANK set, and its Lightning starts the node's ranks."""
     for old in root.glob("rank*"):
         old.unlink()
     script = root / "train_ranks.py"
@@ -112,6 +113,9 @@ def train_ranks(root: Path, precision: str, strategy: str, name: str, max_steps:
             starts = [([sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}",
                         f"--nproc-per-node={devices}", f"--node-rank={n}", "--master-addr=127.0.0.1",
                         f"--master-port={port}"], {}) for n in range(nodes)]
+        elif launcher == "by_hand":  # each node's Lightning starts its ranks; MASTER_ADDR and NODE_RANK set by hand
+            starts = [([sys.executable], {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(n)})
+                      for n in range(nodes)]
         else:
             assert launcher == "slurm", launcher
             starts = [([sys.executable], {
@@ -210,11 +214,13 @@ def one_node_two_devices(tiny_data) -> dict:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("launcher, environment", [("torchrun", "TorchElasticEnvironment"),
-                                                   ("slurm", "SLURMEnvironment")])
+                                                   ("slurm", "SLURMEnvironment"),
+                                                   ("by_hand", "LightningEnvironment")])
 def test_two_nodes_train_as_one_node_with_two_devices(tiny_data, one_node_two_devices, launcher, environment):
     """Multi-node from the config only: `train.num_nodes=2 train.devices=1` on two "nodes" of this machine (gloo),
-    started by a torchrun per node (node ranks 0 and 1, the rendezvous on node 0), or as srun starts the tasks of a
-    SLURM job (its environment, one task per node); Lightning reads the ranks from it. Both ranks fit the run's
+    started by a torchrun per node (node ranks 0 and 1, the rendezvous on node 0), as srun starts the tasks of a
+    SLURM job (its environment, one task per node), or by hand (MASTER_ADDR and NODE_RANK on each node); Lightning
+    reads the ranks from it. Both ranks fit the run's
     linear codec at the same moment and save it into the shared run folder; the first one saved is the codec
     every rank trains with and the checkpoint names. The two nodes end with the weights that one node with two
     devices reaches, bit for bit: the same batches, the same all-reduce."""
@@ -235,6 +241,27 @@ def test_two_nodes_train_as_one_node_with_two_devices(tiny_data, one_node_two_de
     recorded = read_checkpoint(run / "checkpoints" / "last.ckpt")["mmaif"]["codec"]
     assert recorded == LatentCodec.load(run / "codec").identity()
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_several_nodes_without_a_launcher_are_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """`train.num_nodes=2` started as a plain `mmaif train` (no torchrun, no srun, no NODE_RANK): Lightning would take
+    this machine for node 0 and wait in `fit` for a node that never joins (30 minutes, then a timeout; seen on this
+    CPU: "Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/2" and nothing more). It is a one-line error naming
+    the key and the launchers, before the run folder exists."""
+    from mmaif_pl.config import load
+    from mmaif_pl.errors import ConfigError
+    from mmaif_pl.lit.commands import run_training
+
+    for key in [k for k in os.environ if k.startswith(("SLURM_", "TORCHELASTIC_", "PMI_", "OMPI_", "LSB_"))] + [
+            "NODE_RANK", "MASTER_ADDR", "LOCAL_RANK", "GROUP_RANK", "WORLD_SIZE", "KUBERNETES_PORT"]:
+        monkeypatch.delenv(key, raising=False)
+    cfg = load([], [f"data.root={tmp_path / 'data'}", f"train.out_dir={tmp_path / 'runs'}", "train.name=nodes",
+                    "train.accelerator=cpu",
+                    "train.devices=1", "train.num_nodes=2", "train.strategy=ddp"])
+    with pytest.raises(ConfigError, match=r"train.num_nodes=2, but nothing launched this run on several nodes: "
+                                          r"start it on every node with torchrun"):
+        run_training(cfg, log=lambda *a: None)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_strategy_names():

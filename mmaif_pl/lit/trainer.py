@@ -1,10 +1,12 @@
-"""A Lightning Trainer whose refusals of its settings are one-line ConfigErrors, not tracebacks, and whose progress
-bar reads right for runs bounded by steps."""
+"""A Lightning Trainer whose refusals of its settings are one-line ConfigErrors, not tracebacks (a multi-node run
+that no launcher started included), and whose progress bar reads right for runs bounded by steps."""
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import lightning as L
+from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
 
@@ -20,9 +22,26 @@ def checked_trainer(settings: str, **kwargs) -> L.Trainer:
     if kwargs.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
         kwargs["callbacks"] = [*callbacks, default_progress_bar()]
     try:
-        return L.Trainer(**kwargs)
+        trainer = L.Trainer(**kwargs)
     except (ValueError, MisconfigurationException) as exc:
         raise ConfigError(f"Lightning refused the run's settings ({settings}): {exc}") from exc
+    check_nodes_launched(trainer)
+    return trainer
+
+
+def check_nodes_launched(trainer: L.Trainer) -> None:
+    """Several nodes need a launcher that starts the processes on every node: torchrun, srun (or another cluster
+    Lightning knows), or MASTER_ADDR and NODE_RANK set by hand on each node. Without one, Lightning takes the
+    machine for node 0 and its first rank waits, silently, for nodes that never join (30 minutes, then a timeout
+    error); this says so before anything is written."""
+    by_hand = {"MASTER_ADDR", "NODE_RANK"} <= os.environ.keys()
+    env = getattr(trainer.strategy, "cluster_environment", None)  # the launcher Lightning found, if any
+    if trainer.num_nodes > 1 and isinstance(env, LightningEnvironment) and not by_hand:
+        raise ConfigError(
+            f"train.num_nodes={trainer.num_nodes}, but nothing launched this run on several nodes: start it on every "
+            f"node with torchrun (--nnodes {trainer.num_nodes} --node-rank R --master-addr HOST) or srun, or set "
+            f"MASTER_ADDR, MASTER_PORT and NODE_RANK there (docs/speed.md, \"Several nodes\"); without one, this "
+            f"process would wait for nodes that never join")
 
 
 class StepBoundedRichProgressBar(RichProgressBar):
