@@ -197,7 +197,7 @@ def test_prepare_and_read_back(embedded_data, tmp_path, capsys):
     assert a.shape[0] % 8 == 0 and a.shape[1] % 8 == 0
 
 
-def test_preview_writes_a_grid(embedded_data, tmp_path):
+def test_preview_writes_a_grid(embedded_data, tmp_path, capsys):
     from PIL import Image
 
     from mmaif_pl.cli import main
@@ -206,6 +206,12 @@ def test_preview_writes_a_grid(embedded_data, tmp_path):
     assert main(["data", "preview", f"data.root={embedded_data}", "--operator", "ir_stripes", "--severity", "heavy",
                  "-n", "2", "--out", str(out)]) == 0
     assert Image.open(out).size[0] > 5 * 64
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # written whole: no temporary file left
+
+    # an extension Pillow does not know: a one-line error naming the file, before any sampling, nothing written
+    assert main(["data", "preview", f"data.root={embedded_data}", "--out", str(tmp_path / "grid.pgn")]) == 1
+    assert "grid.pgn: unknown image extension '.pgn'" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
 
 
 def test_real_pairs_without_gt_get_teacher_targets(tmp_path):

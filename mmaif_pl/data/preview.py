@@ -5,6 +5,7 @@ prepared split instead."""
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import textwrap
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..atomic import write_bytes_atomic
 from ..errors import UserError
 from .degrade import OPERATOR_NAMES, SEVERITIES, check_operator
 from .policy import TASKS
@@ -64,9 +66,17 @@ def render_grid(samples: Sequence[dict], out: str | Path) -> Path:
         grid.paste(r, (0, y))
         y += r.height + 6
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out)
-    return out
+    buffer = io.BytesIO()
+    grid.save(buffer, format=image_format(out))
+    return write_bytes_atomic(out, buffer.getvalue())
+
+
+def image_format(out: Path) -> str:
+    """Pillow's format for `out`'s extension; an unknown one is an error before any sampling."""
+    fmt = Image.registered_extensions().get(Path(out).suffix.lower())
+    if fmt is None:
+        raise UserError(f"--out {out}: unknown image extension {Path(out).suffix!r} (e.g. .png, .jpg)")
+    return fmt
 
 
 def preview_samples(cfg, n: int = 6, operators: Sequence[str] = (), severity: str | None = None,
@@ -93,6 +103,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = config.load(args.config, args.overrides)
     for op in args.operator:
         check_operator(op)
+    image_format(args.out)
     if args.prepared:
         from .datamodule import PreparedDataset
 
