@@ -104,7 +104,9 @@ def train_ranks(root: Path, precision: str, strategy: str, name: str, max_steps:
     if nodes == 1:
         res = subprocess.run([sys.executable, str(script), *args], cwd=root, env=env, capture_output=True, text=True,
                              timeout=280)
-        assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-5000:])
+        if res.returncode != 0:  # the ranks' output in full: an assertion's repr would cut it short
+            pytest.fail(f"ranks exited with {res.returncode}\n--- stdout ---\n{res.stdout[-4000:]}\n"
+                        f"--- stderr ---\n{res.stderr[-12000:]}", pytrace=False)
     else:
         with socket.socket() as s:  # a free port for the rendezvous (node 0 hosts it)
             s.bind(("127.0.0.1", 0))
@@ -133,7 +135,9 @@ def train_ranks(root: Path, precision: str, strategy: str, name: str, max_steps:
             finally:
                 for p in procs:
                     p.kill()  # any still running (one that waits for a failed one): nothing is left behind
-        assert codes == [0] * len(procs), [log.read_text()[-4000:] for log in logs]
+        if codes != [0] * len(procs):
+            pytest.fail(f"exit codes {codes}\n" + "\n".join(f"--- {log.name} ---\n{log.read_text()[-8000:]}"
+                                                           for log in logs), pytrace=False)
     ranks = devices * nodes
     infos = [json.loads((root / f"rank{r}.json").read_text()) for r in range(ranks)]
     assert [i["rank"] for i in infos] == list(range(ranks))
