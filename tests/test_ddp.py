@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent("""
     import json, os, sys, torch
     from pathlib import Path
     from mmaif_pl.config import load
-    from mmaif_pl.lit.commands import run_training
+    from mmaif_pl.lit.commands import leave_process_group, run_training
     from mmaif_pl.lit.fusion import FusionModule
 
     FusionModule.cast_matmul_weights = True  # as on CUDA: under bf16-mixed the multi-tensor casts, else nothing
@@ -54,6 +54,7 @@ SCRIPT = textwrap.dedent("""
     full = lambda sd: {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in sd.items()}
     torch.save({"dit": full(module.dit.state_dict()), "ema": full(module.ema.state_dict())}, root / f"rank{rank}.pt")
     local = lambda p: p.to_local() if hasattr(p, "to_local") else p
+    leave_process_group()  # as `mmaif train` ends: all ranks done with each other before any exits
     (root / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "world_size": trainer.world_size,
                                                        "step": trainer.global_step,
                                                        "strategy": type(trainer.strategy).__name__,
@@ -62,6 +63,7 @@ SCRIPT = textwrap.dedent("""
                                                        "environment":
                                                            type(trainer.strategy.cluster_environment).__name__,
                                                        "cast_weights": hasattr(module, "_matmul_casts"),
+                                                       "left_group": not torch.distributed.is_initialized(),
                                                        "numel": sum(p.numel() for p in module.dit.parameters()),
                                                        "local_numel": sum(local(p).numel()
                                                                           for p in module.dit.parameters()),
@@ -142,6 +144,7 @@ def train_ranks(root: Path, precision: str, strategy: str, name: str, max_steps:
     infos = [json.loads((root / f"rank{r}.json").read_text()) for r in range(ranks)]
     assert [i["rank"] for i in infos] == list(range(ranks))
     assert all(i["world_size"] == ranks for i in infos), infos
+    assert all(i["left_group"] for i in infos), infos  # ended as `mmaif train` ends
     return infos
 
 

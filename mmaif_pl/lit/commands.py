@@ -253,4 +253,16 @@ def cmd_train(args) -> int:
     cfg = load(args.config, args.overrides)
     run_training(cfg, resume=args.resume, compile_mode=args.compile, codec_bf16=args.codec_bf16,
                  channels_last=args.channels_last)
+    leave_process_group()
     return 0
+
+
+def leave_process_group() -> None:
+    """The end of a multi-process run (Lightning leaves its process group open): every rank waits for the others,
+    then closes its connections, so that no rank exits while another may still be reading from it (which can fail
+    that one, and the run's exit status, at the very end). Nothing to do in a single process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
