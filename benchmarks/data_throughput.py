@@ -8,6 +8,12 @@ benchmarks' sources are 500-800 px) to a temporary folder (the embedded default'
 small for a 256 crop). A sample carries the images `mmaif train` ships (a, b and the target). Decoded pairs are
 cached per worker, as in training, and the cache is warmed first, so the figure is the steady state. Prints the
 median of the repeats and writes {"samples_per_second_per_core": X} (one process = one core).
+
+It measures with OpenCV on one thread, as the training loader's workers run it (data/datamodule.WorkerLoader),
+and again with OpenCV's default pool (one thread per core), as forked workers ran it before: samples per second
+and CPU time per sample of each (JSON "opencv_pool": {"threads", "samples_per_second", "cpu_ms_per_sample"},
+"cpu_ms_per_sample" for one thread). A pool that makes no sample faster but costs CPU time takes it from the
+other workers and from the main process, which launches the training step.
 """
 from __future__ import annotations
 
@@ -46,11 +52,12 @@ def make_dataset(root: Path, size: int = 320) -> None:
                 write_image(root / task / "train" / sub / f"{task}_{i}.png", x)
 
 
-def measure(ds: FusionDataset, samples: int, epoch: int) -> float:
-    start = time.perf_counter()
+def measure(ds: FusionDataset, samples: int, epoch: int) -> tuple[float, float]:
+    """(samples per second, CPU milliseconds per sample: all of this process's threads)"""
+    start, cpu = time.perf_counter(), time.process_time()
     for i in range(samples):
         ds[(epoch, i)]
-    return samples / (time.perf_counter() - start)
+    return samples / (time.perf_counter() - start), (time.process_time() - cpu) / samples * 1e3
 
 
 def main() -> int:
@@ -60,9 +67,11 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=320, help="side of the generated sources (without --root)")
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--opencv-pool", type=int, default=0, metavar="N",
+                        help="the pool to compare with: N OpenCV threads (default: OpenCV's, one per core)")
     args = parser.parse_args()
-    cv2.setNumThreads(1)  # one core: OpenCV would otherwise spread filters over all cores
-    torch.set_num_threads(1)
+    pool = args.opencv_pool or cv2.getNumThreads()  # OpenCV's default: one thread per core
+    torch.set_num_threads(1)  # as in a loader worker
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.root) if args.root else Path(tmp) / "data"
@@ -75,12 +84,23 @@ def main() -> int:
                 ds._cache.get(rec)
         sample = ds[(0, 0)]
         assert tuple(sample["a"].shape) == (3, 256, 256), sample["a"].shape
-        rates = [measure(ds, args.samples, epoch) for epoch in range(args.repeats)]
+        runs = {1: [], pool: []}
+        for epoch in range(args.repeats):
+            for threads in runs:  # alternating, so that a busy spell of the machine does not favour one
+                cv2.setNumThreads(threads)
+                runs[threads].append(measure(ds, args.samples, 2 * epoch + (threads != 1)))
+    (rates, cpu), (pool_rates, pool_cpu) = (zip(*runs[1]), zip(*runs[pool]))
     median = statistics.median(rates)
-    print(f"samples/s per core at 256x256: median {median:.1f} (runs: {', '.join(f'{r:.1f}' for r in rates)})")
+    print(f"samples/s per core at 256x256: median {median:.1f} (runs: {', '.join(f'{r:.1f}' for r in rates)}), "
+          f"{statistics.median(cpu):.2f} CPU ms per sample (OpenCV on one thread, as the loader's workers)")
+    print(f"with OpenCV's pool of {pool} threads: {statistics.median(pool_rates):.1f} samples/s, "
+          f"{statistics.median(pool_cpu):.2f} CPU ms per sample")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"samples_per_second_per_core": round(median, 2)}) + "\n")
+        Path(args.json).write_text(json.dumps({
+            "samples_per_second_per_core": round(median, 2), "cpu_ms_per_sample": round(statistics.median(cpu), 3),
+            "opencv_pool": {"threads": pool, "samples_per_second": round(statistics.median(pool_rates), 2),
+                            "cpu_ms_per_sample": round(statistics.median(pool_cpu), 3)}}) + "\n")
         print(f"wrote {args.json}")
     return 0
 

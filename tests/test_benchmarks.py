@@ -308,6 +308,11 @@ def test_data_throughput_writes_the_per_core_rate(tmp_path):
     """The GPU script's `data` step: one worker's samples per second on generated sources of --size."""
     out = run("data_throughput.py", "--size", "272", "--samples", "6", "--repeats", "1",
               "--json", str(tmp_path / "d.json"))
-    rate = json.loads((tmp_path / "d.json").read_text())["samples_per_second_per_core"]
+    res = json.loads((tmp_path / "d.json").read_text())
+    rate = res["samples_per_second_per_core"]
     printed = re.search(r"median ([\d.]+)", out)
     assert rate > 0 and printed and abs(float(printed.group(1)) - rate) <= 0.051  # 1 and 2 decimals
+    # the same samples with OpenCV's default pool, as forked workers made them before: its rate and CPU cost
+    assert res["opencv_pool"]["threads"] >= 1 and res["opencv_pool"]["samples_per_second"] > 0
+    assert res["cpu_ms_per_sample"] > 0 and res["opencv_pool"]["cpu_ms_per_sample"] > 0
+    assert f"with OpenCV's pool of {res['opencv_pool']['threads']} threads" in out

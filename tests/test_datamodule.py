@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from mmaif_pl import config
+from mmaif_pl.data import datamodule
 from mmaif_pl.data.datamodule import (IMAGE_KEYS, EpochSampler, FusionDataModule, FusionDataset, PreparedDataset,
                                       crop_size)
 from mmaif_pl.errors import ConfigError, UserError
@@ -58,6 +60,34 @@ def test_batch_format(embedded_data):
 
 def test_same_batches_with_0_and_2_workers(embedded_data):
     _same(_batches(_cfg(embedded_data, "data.num_workers=0")), _batches(_cfg(embedded_data, "data.num_workers=2")))
+
+
+def test_loader_workers_run_opencv_on_one_thread_and_this_process_keeps_its_pool(embedded_data, monkeypatch):
+    """Each worker makes whole samples on one core: OpenCV's pool of one thread per core in every worker would run
+    workers x cores threads beside the main process. The count is set before the fork (a forked worker that sets it
+    deadlocks once this process has used the pool, as it has here), on the training and the validation loader."""
+    collate = datamodule.collate
+
+    def collate_reporting_threads(samples):  # runs in the workers, which fork with this patch in place
+        batch = collate(samples)
+        batch["opencv_threads"] = cv2.getNumThreads()
+        return batch
+
+    monkeypatch.setattr(datamodule, "collate", collate_reporting_threads)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)  # a pool of several threads on any machine, used before the workers fork
+    try:
+        cv2.GaussianBlur(np.random.rand(1024, 1024, 3).astype(np.float32), (0, 0), 3.0)
+        dm = FusionDataModule(_cfg(embedded_data, "data.num_workers=2", "data.val_fraction=0.5"))
+        dm.setup()
+        for loader in (dm.train_dataloader(), dm.val_dataloader()):
+            threads = [b["opencv_threads"] for epoch in range(2) for b in loader]  # the second: persistent workers
+            assert threads and set(threads) == {1}, threads
+            assert cv2.getNumThreads() == 3  # this process's own pool is left as it was
+        serial = FusionDataModule(_cfg(embedded_data, "data.num_workers=0")).train_dataloader()
+        assert {b["opencv_threads"] for b in serial} == {3}  # no workers: the samples use this process's pool
+    finally:
+        cv2.setNumThreads(before)
 
 
 def test_training_batches_carry_only_the_images_the_loss_reads(embedded_data):

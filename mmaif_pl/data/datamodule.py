@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -283,7 +284,33 @@ class EpochSampler(DistributedSampler):
         self.epoch = int(epoch)
 
 
-class ResumableLoader(DataLoader):
+@contextmanager
+def opencv_threads(n: int):
+    """OpenCV's thread count set to `n` in this process within the block, restored after."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(n)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
+class WorkerLoader(DataLoader):
+    """A DataLoader whose worker processes run OpenCV on one thread each. The workers are the parallelism: with
+    OpenCV's pool of one thread per core in each of N workers, the machine runs N x cores threads, and the idle
+    ones spin, taking cores from the main process, which launches the training step. A forked worker cannot set
+    this itself (`cv2.setNumThreads` deadlocks in the child of a process that has used the pool), so this process
+    sets one thread while its iterator forks the workers, which keep it, and restores its own count after.
+    Samples are the same bits on any number of OpenCV threads (OpenCV splits an image in stripes)."""
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return super().__iter__()
+        with opencv_threads(1):
+            return super().__iter__()
+
+
+class ResumableLoader(WorkerLoader):
     """The training DataLoader with Lightning's `state_dict` / `load_state_dict`, so that a mid-epoch resume is
     known to be exact. Its position is the number of batches trained, which the checkpoint restores with the
     trainer's global step before the loader's iterator is made (the EpochSampler reads it from there); the state
@@ -385,10 +412,9 @@ class FusionDataModule(L.LightningDataModule):
         if stage in (None, "test") and self.test_set is None:
             self.test_set = PreparedDataset(Path(self.cfg.data.prepared) / "test")
 
-    def _loader(self, dataset: Dataset, batch_size: int, sampler=None, kind=DataLoader) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, sampler=None, kind=WorkerLoader) -> DataLoader:
         workers = int(self.cfg.data.num_workers)
-        # No cv2.setNumThreads(1) in a worker_init_fn: in a forked worker it deadlocks once the parent has used
-        # OpenCV's thread pool (seen with OpenCV 5). PyTorch already makes each worker single-threaded for torch.
+        # torch makes each worker single-threaded for torch, WorkerLoader for OpenCV
         return kind(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
                     collate_fn=collate, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
