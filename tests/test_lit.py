@@ -167,6 +167,14 @@ def test_train_resume_checkpoint_and_refusals(tmp_path, codec, text):
     part = ["train.variant=flow", "train.name=part"]
     run_training(cfg_for(tmp_path, *part, "train.max_steps=2"), datamodule=TinyDM(), trainer_kwargs=QUIET,
                  log=lambda *_: None)
+    # a new run into it, without --resume, is refused before anything is written (Lightning would have saved its
+    # checkpoints as last-v1.ckpt beside the old last.ckpt, the one --resume and `mmaif fuse` read)
+    before = {f: f.read_bytes() for f in (tmp_path / "part").rglob("*") if f.is_file()}
+    with pytest.raises(UserError, match=r"part already holds a run \(last.ckpt, step0000002.ckpt\): continue it "
+                                        r"with --resume"):
+        run_training(cfg_for(tmp_path, *part, "train.max_steps=2"), datamodule=TinyDM(), trainer_kwargs=QUIET,
+                     log=lambda *_: None)
+    assert {f: f.read_bytes() for f in (tmp_path / "part").rglob("*") if f.is_file()} == before
     with pytest.raises(ConfigError, match="refusing to resume"):
         run_training(cfg_for(tmp_path, *part, "train.max_steps=4", "train.lr=1e-3"), resume="last",
                      datamodule=TinyDM(), trainer_kwargs=QUIET, log=lambda *_: None)

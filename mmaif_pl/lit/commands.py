@@ -127,6 +127,16 @@ def _check_resume(ckpt_path: Path, digest: str) -> None:
                           f"refusing to resume (change train.name for a new run, or restore the old config)")
 
 
+def _check_new_run(run_dir: Path) -> None:
+    """A new run (no --resume) is refused in a folder that holds a run's checkpoints: Lightning would save beside
+    them as last-v1.ckpt, and last.ckpt, which --resume, `mmaif fuse` and the run's summary line name, would stay
+    the old run's, under the new run's config and metrics."""
+    old = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
+    if old:
+        raise UserError(f"{run_dir} already holds a run ({', '.join(old)}): continue it with --resume, start a new "
+                        f"one under another train.name (or train.out_dir), or delete {run_dir} first")
+
+
 def prepare_codec(cfg, run_dir: Path, train_loader=None):
     """The run's codec: loaded from codec.path, or (linear kind only) fitted now into <run>/codec."""
     from ..models.codec import LatentCodec
@@ -204,6 +214,8 @@ def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs
         raise UserError(f"--codec-bf16 runs the codec under bf16 autocast on a GPU; this run trains on the CPU "
                         f"(train.accelerator={tc.accelerator})")
     run_dir = Path(tc.out_dir) / tc.name
+    if not resume:
+        _check_new_run(run_dir)
     trainer = _trainer(cfg, run_dir, strategy, trainer_kwargs)  # Lightning checks its settings: before any write
     dm = datamodule if datamodule is not None else _datamodule(cfg, train_keys=FusionModule.training_image_keys(cfg))
     train_loader = None
