@@ -125,16 +125,16 @@ step compile 240 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --co
 
 # -- training throughput of the B preset at 256 px, the codec as `mmaif train --codec-bf16 --channels-last` runs it
 #    (the float32 encode is timed beside it), then `mmaif train` itself (Lightning's loop) -----------------------
-step throughput 150 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --profile 25 \
+step throughput 180 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --profile 25 \
   --json "$OUT/throughput.json" "${TEXT[@]}"
 
 # -- the same with the DiT's blocks compiled (regional torch.compile, forward and backward): inductor's own count
 #    puts the compiled step at 35% fewer bytes per image (docs/speed.md), so it runs right after the eager one ------
 step trainc 150 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --compile default "${TEXT[@]}"  # log only
 
-# -- one loader worker's rate with OpenCV on one thread, beside the loader's N-worker rate above: the loader's
-#    workers each leave OpenCV its all-core thread pool (setting it after fork deadlocks); log only
-step data 30 $PY benchmarks/data_throughput.py --samples 200 --repeats 3
+# -- one loader worker's rate and CPU per sample with OpenCV on one thread (as the loader's workers run it since
+#    2026-11-28) and with OpenCV's default pool of one thread per core (as they ran it before); log only
+step data 45 $PY benchmarks/data_throughput.py --samples 200 --repeats 3
 
 # -- FSDP (train.strategy=fsdp, lit/sharding.py) on one GPU against the default strategy: it runs on CUDA -------
 step fsdp 150 $PY -m pytest -q -p no:cacheprovider \

@@ -30,6 +30,12 @@ after the timed steps, N more steps of `train` and of `trainer` under torch's sy
 synchronizing CUDA calls each source line made ("file:line": count). A step that waits for the GPU once cannot
 queue the next while the GPU works; the text encoder's own reads (models/text.py, on its own stream) wait
 only for its kernels.
+"phases" {"dit", "train"}: after each of those two rates, as many steps again one after the other, as a run takes
+them (`rate` syncs before and after every step), with the host's milliseconds per phase (medians: loader,
+to_device, encode, embed_text, latent_loss, backward, clip, adamw, ema), the host's whole time per step, what the
+device still had to do when the host was done (drain_ms) and the images/s of those steps. The DiT step's phases
+run while the loader's workers idle (their queues are full), the loop's while they work: a phase that is longer
+in the loop than alone waits for the device or for a core.
 """
 from __future__ import annotations
 
@@ -109,6 +115,56 @@ def sync_report(what: str, sites: dict[str, float]) -> str:
     total = sum(sites.values())
     return f"host syncs per step ({what}): {total:g}" + ("" if not sites else " at " + ", ".join(
         f"{site} ({n:g})" for site, n in sites.items()))
+
+
+PHASES = ("loader", "to_device", "encode", "embed_text", "latent_loss", "backward", "clip", "adamw", "ema")
+
+
+def timed(store: dict, name: str, fn):
+    """`fn`, appending the host seconds of each call to store[name]."""
+    def call(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            store.setdefault(name, []).append(time.perf_counter() - start)
+    return call
+
+
+TIMED_METHODS = ("encode", "embed_text", "latent_loss")  # FusionModule's parts of compute_loss
+
+
+def host_phases(step, module, steps: int, batch: int, sync) -> dict:
+    """`steps` calls of step(store) one after the other, as a run takes them (no sync between them, unlike `rate`),
+    with the host time of each phase: the module's codec, text and DiT calls (TIMED_METHODS, timed through
+    instance attributes over the methods, removed after) and what `step` times into `store` itself. A phase that
+    waits for the device (a read of a device value, a blocking copy) or for a core shows as a long one; what the
+    device has left to do when the host is done is `drain_ms`."""
+    store: dict[str, list[float]] = {}
+    for name in TIMED_METHODS:
+        setattr(module, name, timed(store, name, getattr(module, name)))
+    try:
+        sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step(store)
+        launched = time.perf_counter()
+        sync()
+        end = time.perf_counter()
+    finally:
+        for name in TIMED_METHODS:
+            delattr(module, name)
+    return {"steps": steps, "host_ms_per_step": {k: round(statistics.median(store[k]) * 1e3, 2)
+                                                 for k in PHASES if k in store},
+            "host_ms": round((launched - start) / steps * 1e3, 2), "drain_ms": round((end - launched) * 1e3, 2),
+            "images_per_s": round(steps * batch / (end - start), 2)}
+
+
+def phase_report(what: str, phases: dict) -> str:
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in phases["host_ms_per_step"].items())
+    return (f"{what}, host ms per step ({phases['steps']} steps in a row, no sync between them; medians): {parts}; "
+            f"all {phases['host_ms']:.1f} per step, then {phases['drain_ms']:.1f} ms for the device to finish: "
+            f"{phases['images_per_s']:.1f} images/s")
 
 
 def trainer_rate(cfg, codec, out_dir: Path, steps: int, warmup: int, sync, syncs: int = 0,
@@ -276,33 +332,43 @@ def main(argv=None) -> int:
     cond = module.embed_text(batch["prompt"])
     gen = torch.Generator().manual_seed(0)
 
-    def optimize(loss):  # what the Lightning loop does after the forward pass: backward, clip, step, EMA
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.dit.parameters(), cfg.train.grad_clip)
+    def adamw():
         opt.step()
         opt.zero_grad(set_to_none=True)
-        update_ema(module.ema, module.dit, 0.999)
 
-    def dit_step():
+    def optimize(loss, store=None):  # what the Lightning loop does after the forward pass: backward, clip, step, EMA
+        parts = {"backward": loss.backward, "clip": lambda: torch.nn.utils.clip_grad_norm_(
+            module.dit.parameters(), cfg.train.grad_clip), "adamw": adamw,
+            "ema": lambda: update_ema(module.ema, module.dit, 0.999)}
+        for name, fn in parts.items():
+            (timed(store, name, fn) if store is not None else fn)()
+
+    def dit_step(store=None):
         with amp:  # the DiT as compute_loss calls it in training (one cast of its matmul weights under bf16)
             latent, balance, _, _ = module.latent_loss(z_a, z_b, z_gt, cond, gen, module.training_denoiser())
             loss = latent + cfg.model.balance_weight * balance
-        optimize(loss)
+        optimize(loss, store)
 
     dit_rate = rate(dit_step, bs, steps, warmup, sync)
     print(f"  dit {dit_rate:.1f} images/s", flush=True)
+    phases = {"dit": host_phases(dit_step, module, steps, bs, sync)}  # the loader's workers idle: queues full
+    print("  " + phase_report("DiT step", phases["dit"]), flush=True)
     if args.profile:
         print(profile_table(dit_step, device, args.profile), flush=True)
 
     # -- the whole loop ----------------------------------------------------------------------------------
-    def train_step():
-        b = to_dev(next(loader))
+    def train_step(store=None):
+        b = next(loader) if store is None else timed(store, "loader", next)(loader)
+        b = to_dev(b) if store is None else timed(store, "to_device", to_dev)(b)
         with amp:
             loss = module.compute_loss(b, gen)["loss"]
-        optimize(loss)
+        optimize(loss, store)
 
     train_rate = rate(train_step, bs, steps, warmup, sync)
     print(f"  train {train_rate:.1f} images/s", flush=True)
+
+    phases["train"] = host_phases(train_step, module, steps, bs, sync)
+    print("  " + phase_report("train", phases["train"]), flush=True)
     syncs = {}
     if gpu and args.syncs:
         with sync_sites(args.syncs) as syncs["train"]:
@@ -330,7 +396,7 @@ def main(argv=None) -> int:
                 "compile": args.compile,
                 "images_per_s": {k: round(v, 2) for k, v in res.items()}, "limit": limit,
                 "codec_fast_paths_images_per_s": {k: round(v, 2) for k, v in codec_options.items()},
-                "host_syncs_per_step": syncs})
+                "host_syncs_per_step": syncs, "phases": phases})
 
     save()
     del loader, batches, batch, images, z_a, z_b, z_gt  # the Trainer builds its own loader and model

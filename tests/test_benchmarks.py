@@ -52,6 +52,16 @@ def test_train_throughput_names_the_limit(tmp_path):
     assert "profile, 3 calls: wall" in out and printed  # the printed rate is the JSON's, up to their roundings
     assert abs(float(printed.group(1)) - data["images_per_s"]["train"]) <= 0.051
     assert data["host_syncs_per_step"] == {}  # counted on a GPU only
+    # the host's time per phase of steps taken one after the other: the DiT step alone, then the whole loop
+    dit, train = data["phases"]["dit"], data["phases"]["train"]
+    assert list(dit["host_ms_per_step"]) == ["latent_loss", "backward", "clip", "adamw", "ema"]
+    assert list(train["host_ms_per_step"]) == ["loader", "to_device", "encode", "embed_text", "latent_loss",
+                                               "backward", "clip", "adamw", "ema"]
+    for phases in (dit, train):
+        assert all(v >= 0 for v in phases["host_ms_per_step"].values()) and phases["images_per_s"] > 0
+        assert sum(phases["host_ms_per_step"].values()) <= phases["host_ms"] * 1.01  # the phases lie within a step
+    assert re.search(r"DiT step, host ms per step \(1 steps in a row.*latent_loss [\d.]+, backward", out)
+    assert re.search(r"train, host ms per step .*loader [\d.]+, to_device [\d.]+, encode [\d.]+, embed_text", out)
 
 
 def test_the_limit_is_the_loop_when_its_parts_are_fast_enough():
