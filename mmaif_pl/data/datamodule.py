@@ -297,8 +297,9 @@ def opencv_threads(n: int):
 
 class WorkerLoader(DataLoader):
     """A DataLoader whose worker processes run OpenCV on one thread each. The workers are the parallelism: with
-    OpenCV's pool of one thread per core in each of N workers, the machine runs N x cores threads, and the idle
-    ones spin, taking cores from the main process, which launches the training step. A forked worker cannot set
+    OpenCV's pool of one thread per core in each of N workers, the machine runs N x cores threads, and a sample
+    costs a third more CPU time for the pool's upkeep (16 threads, benchmarks/data_throughput.py), taken from the
+    other workers and from the main process, which launches the training step. A forked worker cannot set
     this itself (`cv2.setNumThreads` deadlocks in the child of a process that has used the pool), so this process
     sets one thread while its iterator forks the workers, which keep it, and restores its own count after.
     Samples are the same bits on any number of OpenCV threads (OpenCV splits an image in stripes)."""
