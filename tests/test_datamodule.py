@@ -78,8 +78,7 @@ def test_loader_workers_run_opencv_on_one_thread_and_this_process_keeps_its_pool
     cv2.setNumThreads(3)  # a pool of several threads on any machine, used before the workers fork
     try:
         cv2.GaussianBlur(np.random.rand(1024, 1024, 3).astype(np.float32), (0, 0), 3.0)
-        dm = FusionDataModule(_cfg(embedded_data, "data.num_workers=2", "data.val_fraction=0.5"))
-        dm.setup()
+        dm = FusionDataModule(_cfg(embedded_data, "data.num_workers=2", "data.val_fraction=0.5"))  # val on the fly
         for loader in (dm.train_dataloader(), dm.val_dataloader()):
             threads = [b["opencv_threads"] for epoch in range(2) for b in loader]  # the second: persistent workers
             assert threads and set(threads) == {1}, threads
