@@ -30,12 +30,14 @@ after the timed steps, N more steps of `train` and of `trainer` under torch's sy
 synchronizing CUDA calls each source line made ("file:line": count). A step that waits for the GPU once cannot
 queue the next while the GPU works; the text encoder's own reads (models/text.py, on its own stream) wait
 only for its kernels.
-"phases" {"dit", "train"}: after each of those two rates, as many steps again one after the other, as a run takes
-them (`rate` syncs before and after every step), with the host's milliseconds per phase (medians: loader,
+"phases" {"dit", "train", "trainer"}: after the first two rates, as many steps again one after the other, as a run
+takes them (`rate` syncs before and after every step), with the host's milliseconds per phase (medians: loader,
 to_device, encode, embed_text, latent_loss, backward, clip, adamw, ema), the host's whole time per step, what the
-device still had to do when the host was done (drain_ms) and the images/s of those steps. The DiT step's phases
-run while the loader's workers idle (their queues are full), the loop's while they work: a phase that is longer
-in the loop than alone waits for the device or for a core.
+device still had to do when the host was done (drain_ms) and the images/s of those steps; for `mmaif train`, its
+timed steps by Lightning's hooks (between_steps: the next batch and its transfer; training_step; backward;
+optimizer_and_hooks: clip, AdamW, EMA, the end-of-batch hooks). The DiT step's phases run while the loader's
+workers idle (their queues are full), the loop's while they work: a phase that is longer in the loop than alone
+waits for the device or for a core.
 """
 from __future__ import annotations
 
@@ -168,26 +170,53 @@ def phase_report(what: str, phases: dict) -> str:
 
 
 def trainer_rate(cfg, codec, out_dir: Path, steps: int, warmup: int, sync, syncs: int = 0,
-                 **speed) -> tuple[float, dict[str, float]]:
-    """Images/s of `mmaif train` (run_training) on `cfg` with `codec`, over the steps after `warmup`, and the
-    synchronizing CUDA calls per step of `syncs` steps after those (sync_sites). Only validation and its
-    callbacks (checkpoints, image grids, metrics JSON) are left out."""
+                 **speed) -> tuple[float, dict[str, float], dict]:
+    """Images/s of `mmaif train` (run_training) on `cfg` with `codec`, over the steps after `warmup`; the
+    synchronizing CUDA calls per step of `syncs` steps after those (sync_sites); and the host's phases of the timed
+    steps (as `host_phases` reports them, by Lightning's hooks). Only validation and its callbacks (checkpoints,
+    image grids, metrics JSON) are left out."""
     import lightning as L
 
     from mmaif_pl.lit.commands import run_training
 
     class StepClock(L.Callback):
+        """The timed steps' wall time, and the host's time per phase of each between Lightning's hooks: the loop's
+        fetch and transfer of the next batch, training_step (codec, text, DiT, loss), backward, and the rest (clip,
+        AdamW, EMA, the end-of-batch hooks)."""
+
+        def __init__(self):
+            self.store, self.last_end, self.timing = {}, None, False
+
+        def mark(self, phase):
+            now = time.perf_counter()
+            if self.timing:
+                self.store.setdefault(phase, []).append(now - self.t)
+            self.t = now
+
         def on_train_batch_start(self, trainer, *args):
             if trainer.global_step == warmup:
                 sync()
                 self.start = time.perf_counter()
+            self.timing = warmup <= trainer.global_step < warmup + steps
+            if self.timing and self.last_end is not None:
+                self.store.setdefault("between_steps", []).append(time.perf_counter() - self.last_end)
+            self.t = time.perf_counter()
             if syncs and trainer.global_step == warmup + steps:
                 torch.cuda.set_sync_debug_mode("warn")
 
+        def on_before_backward(self, *args):
+            self.mark("training_step")
+
+        def on_after_backward(self, *args):
+            self.mark("backward")
+
         def on_train_batch_end(self, trainer, *args):
+            self.mark("optimizer_and_hooks")
+            self.last_end = self.t
             if trainer.global_step == warmup + steps:
                 sync()
-                self.seconds = time.perf_counter() - self.start
+                end = time.perf_counter()
+                self.seconds, self.drain = end - self.start, end - self.last_end
 
         def on_train_end(self, trainer, *args):
             if syncs:
@@ -204,7 +233,12 @@ def trainer_rate(cfg, codec, out_dir: Path, steps: int, warmup: int, sync, syncs
         run_training(cfg, trainer_kwargs={"callbacks": [clock], "enable_checkpointing": False,
                                           "enable_model_summary": False, **no_validation},
                      log=lambda *a: None, **speed)
-    return steps * int(cfg.data.batch_size) / clock.seconds, sites
+    images = steps * int(cfg.data.batch_size)
+    phases = {"steps": steps, "host_ms_per_step": {k: round(statistics.median(v) * 1e3, 2)
+                                                   for k, v in clock.store.items()},
+              "host_ms": round((clock.seconds - clock.drain) / steps * 1e3, 2), "drain_ms": round(clock.drain * 1e3, 2),
+              "images_per_s": round(images / clock.seconds, 2)}
+    return images / clock.seconds, sites, phases
 
 
 def main(argv=None) -> int:
@@ -400,10 +434,11 @@ def main(argv=None) -> int:
 
     save()
     del loader, batches, batch, images, z_a, z_b, z_gt  # the Trainer builds its own loader and model
-    res["trainer"], trainer_syncs = trainer_rate(cfg, module.codec, Path(tmp.name), steps, max(warmup, 1), sync,
+    res["trainer"], trainer_syncs, phases["trainer"] = trainer_rate(cfg, module.codec, Path(tmp.name), steps, max(warmup, 1), sync,
                                                  syncs=args.syncs if gpu else 0, compile_mode=args.compile,
                                                  codec_bf16=args.codec_bf16, channels_last=args.channels_last)
     print(f"mmaif train (Lightning's loop): {res['trainer']:.1f} images/s")
+    print(phase_report("mmaif train", phases["trainer"]))
     if gpu and args.syncs:
         syncs["trainer"] = trainer_syncs
         print(sync_report("trainer", trainer_syncs))

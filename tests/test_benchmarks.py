@@ -62,6 +62,10 @@ def test_train_throughput_names_the_limit(tmp_path):
         assert sum(phases["host_ms_per_step"].values()) <= phases["host_ms"] * 1.01  # the phases lie within a step
     assert re.search(r"DiT step, host ms per step \(1 steps in a row.*latent_loss [\d.]+, backward", out)
     assert re.search(r"train, host ms per step .*loader [\d.]+, to_device [\d.]+, encode [\d.]+, embed_text", out)
+    trainer = data["phases"]["trainer"]  # Lightning's loop, by its hooks
+    assert list(trainer["host_ms_per_step"]) == ["between_steps", "training_step", "backward", "optimizer_and_hooks"]
+    assert trainer["images_per_s"] == pytest.approx(data["images_per_s"]["trainer"], rel=0.01)
+    assert re.search(r"mmaif train, host ms per step .*training_step [\d.]+, backward [\d.]+, optimizer_and_hooks", out)
 
 
 def test_the_limit_is_the_loop_when_its_parts_are_fast_enough():
