@@ -199,6 +199,40 @@ def test_train_resume_checkpoint_and_refusals(tmp_path, codec, text):
         load_module(ckpt, codec=other, text=text)
 
 
+class NotPlainData:  # an object a plain-data checkpoint cannot hold
+    pass
+
+
+def test_read_checkpoint_names_what_is_wrong_with_a_file(tmp_path):
+    """Checkpoints load with weights_only=True. A file that is not one, a truncated copy, one holding arbitrary
+    objects and a plain-data file of another program are each refused with a one-line UserError naming the file
+    and the reason (not torch's advice on how to load it anyway)."""
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint\n")
+    whole = tmp_path / "whole.ckpt"
+    torch.save({"mmaif": {"variant": "flow"}, "state_dict": {"w": torch.ones(64, 64)}}, whole)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(whole.read_bytes()[:-100])
+    objects = tmp_path / "objects.ckpt"
+    torch.save({"mmaif": {}, "obj": NotPlainData()}, objects)
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, other)
+    assert read_checkpoint(whole)["mmaif"] == {"variant": "flow"}
+    for path in (text, cut):
+        with pytest.raises(UserError, match=f"^{path}: not a checkpoint: torch.save writes a zip archive") as err:
+            read_checkpoint(path)
+        assert "\n" not in str(err.value)
+    with pytest.raises(UserError) as err:
+        read_checkpoint(objects)
+    assert str(err.value).startswith(f"{objects}: refused to load: it holds more than tensors and plain containers")
+    assert "Unsupported global: GLOBAL test_lit.NotPlainData was not an allowed global by default." in str(err.value)
+    assert "weights_only" not in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UserError, match="not an mmaif checkpoint"):
+        read_checkpoint(other)
+    with pytest.raises(UserError, match="checkpoint not found"):
+        read_checkpoint(tmp_path / "missing.ckpt")
+
+
 @pytest.mark.parametrize("bad, message", [("train.accelerator=bogus", "train.accelerator=bogus"),
                                           ("train.strategy=fsdp_cpu_offload", "train.strategy=fsdp_cpu_offload"),
                                           ("train.steps_factor=0", "train.steps_factor must be > 0")])

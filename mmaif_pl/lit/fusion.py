@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -463,11 +465,17 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a checkpoint: torch.save writes a zip archive, and this file is not one "
+                        f"(another kind of file, or a truncated copy)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: refused to load: not a plain-data checkpoint ({first})") from None
+        # torch's message is advice on loading it anyway; what matters is the object it refused
+        refused = re.search(r"WeightsUnpickler error:\s*(.+?\.)(?:\s|$)", str(exc))
+        detail = refused.group(1) if refused else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{path}: refused to load: it holds more than tensors and plain containers, which an mmaif "
+                        f"checkpoint never does ({detail})") from None
     if not isinstance(ckpt, dict) or "mmaif" not in ckpt:
         raise UserError(f"{path}: not an mmaif checkpoint (no 'mmaif' record)")
     return ckpt
