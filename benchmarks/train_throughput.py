@@ -434,9 +434,9 @@ def main(argv=None) -> int:
 
     save()
     del loader, batches, batch, images, z_a, z_b, z_gt  # the Trainer builds its own loader and model
-    res["trainer"], trainer_syncs, phases["trainer"] = trainer_rate(cfg, module.codec, Path(tmp.name), steps, max(warmup, 1), sync,
-                                                 syncs=args.syncs if gpu else 0, compile_mode=args.compile,
-                                                 codec_bf16=args.codec_bf16, channels_last=args.channels_last)
+    res["trainer"], trainer_syncs, phases["trainer"] = trainer_rate(
+        cfg, module.codec, Path(tmp.name), steps, max(warmup, 1), sync, syncs=args.syncs if gpu else 0,
+        compile_mode=args.compile, codec_bf16=args.codec_bf16, channels_last=args.channels_last)
     print(f"mmaif train (Lightning's loop): {res['trainer']:.1f} images/s")
     print(phase_report("mmaif train", phases["trainer"]))
     if gpu and args.syncs:
