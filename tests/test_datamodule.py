@@ -89,6 +89,24 @@ def test_loader_workers_run_opencv_on_one_thread_and_this_process_keeps_its_pool
         cv2.setNumThreads(before)
 
 
+def test_workers_stack_batches_straight_into_shared_memory(embedded_data, monkeypatch):
+    """A worker's batch reaches the main process through shared memory: stacked there at once, it is not copied
+    there again when it is sent. The images are the bits of a batch made without workers."""
+    collate = datamodule.collate
+
+    def collate_reporting_shared(samples):  # runs in the workers, which fork with this patch in place
+        batch = collate(samples)
+        batch["shared"] = [batch[k].is_shared() for k in IMAGE_KEYS if k in batch]
+        return batch
+
+    monkeypatch.setattr(datamodule, "collate", collate_reporting_shared)
+    with_workers = _batches(_cfg(embedded_data, "data.num_workers=2"))
+    assert all(b.pop("shared") == [True] * 5 for b in with_workers)
+    without = _batches(_cfg(embedded_data, "data.num_workers=0"))
+    assert all(b.pop("shared") == [False] * 5 for b in without)  # in this process: plain memory
+    _same(with_workers, without)
+
+
 def test_training_batches_carry_only_the_images_the_loss_reads(embedded_data):
     """`mmaif train` ships a, b and target (no clean sources without the aux loss): the same tensors, prompts and
     records as the full batches, bit for bit (the clean sources draw nothing from the sample's generator)."""

@@ -28,7 +28,7 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from ..errors import ConfigError, UserError
 from . import teacher
@@ -328,7 +328,9 @@ class ResumableLoader(WorkerLoader):
 
 
 def collate(samples: Sequence[dict]) -> dict:
-    """Stack images (centre-cropping to the smallest common size if a batch mixes sizes) and list the rest."""
+    """Stack images (centre-cropping to the smallest common size if a batch mixes sizes) and list the rest. In a
+    loader worker, torch's default_collate stacks the images straight into shared memory, where torch.stack's batch
+    would be copied there once more to reach the main process (0.3 GB per batch of 128 at 256 px)."""
     batch: dict[str, Any] = {}
     keys = [k for k in IMAGE_KEYS if all(s.get(k) is not None for s in samples)]
     h = min(s["a"].shape[1] for s in samples)
@@ -339,7 +341,7 @@ def collate(samples: Sequence[dict]) -> dict:
             t = s[k]
             y, x = (t.shape[1] - h) // 2, (t.shape[2] - w) // 2
             crops.append(t[:, y:y + h, x:x + w])
-        batch[k] = torch.stack(crops)
+        batch[k] = default_collate(crops)
     for k in ("prompt", "task", "degradations", "id", "dataset"):
         batch[k] = [s.get(k) for s in samples]
     return batch
