@@ -43,7 +43,8 @@ def register(subparsers) -> None:
                               epilog=TRAIN_EXAMPLE, formatter_class=fmt)
     p.add_argument("-c", "--config", action="append", default=[], help="YAML config (repeatable, merged in order)")
     p.add_argument("--resume", nargs="?", const="last", metavar="CKPT",
-                   help="resume from CKPT (default: the run's last.ckpt); refused if its config differs")
+                   help="resume from CKPT (default: the run's last.ckpt); refused if its config differs. Without "
+                        "it, a folder that already holds checkpoints is refused (one run per folder)")
     p.add_argument("--compile", metavar="MODE", choices=COMPILE_MODES,
                    help=f"torch.compile each DiT block being trained ({' | '.join(COMPILE_MODES)}): a speed switch, "
                         "not part of the config; checkpoints keep the plain model's keys and load without it")
