@@ -119,11 +119,11 @@ def sync_report(what: str, sites: dict[str, float]) -> str:
         f"{site} ({n:g})" for site, n in sites.items()))
 
 
-PHASES = ("loader", "to_device", "encode", "embed_text", "latent_loss", "backward", "clip", "adamw", "ema")
+def timed(store: dict | None, name: str, fn):
+    """`fn`, appending the host seconds of each call to store[name]; `fn` itself where there is no store."""
+    if store is None:
+        return fn
 
-
-def timed(store: dict, name: str, fn):
-    """`fn`, appending the host seconds of each call to store[name]."""
     def call(*args, **kwargs):
         start = time.perf_counter()
         try:
@@ -156,10 +156,15 @@ def host_phases(step, module, steps: int, batch: int, sync) -> dict:
     finally:
         for name in TIMED_METHODS:
             delattr(module, name)
-    return {"steps": steps, "host_ms_per_step": {k: round(statistics.median(store[k]) * 1e3, 2)
-                                                 for k in PHASES if k in store},
-            "host_ms": round((launched - start) / steps * 1e3, 2), "drain_ms": round((end - launched) * 1e3, 2),
-            "images_per_s": round(steps * batch / (end - start), 2)}
+    return phase_summary(store, steps, batch, launched - start, end - launched)
+
+
+def phase_summary(store: dict[str, list[float]], steps: int, batch: int, host_s: float, drain_s: float) -> dict:
+    """The JSON's record of `steps` timed steps: each phase's median host ms (in the order the phases first ended),
+    the host's ms per step, the device's drain after the last and the images/s of the whole."""
+    return {"steps": steps, "host_ms_per_step": {k: round(statistics.median(v) * 1e3, 2) for k, v in store.items()},
+            "host_ms": round(host_s / steps * 1e3, 2), "drain_ms": round(drain_s * 1e3, 2),
+            "images_per_s": round(steps * batch / (host_s + drain_s), 2)}
 
 
 def phase_report(what: str, phases: dict) -> str:
@@ -233,12 +238,8 @@ def trainer_rate(cfg, codec, out_dir: Path, steps: int, warmup: int, sync, syncs
         run_training(cfg, trainer_kwargs={"callbacks": [clock], "enable_checkpointing": False,
                                           "enable_model_summary": False, **no_validation},
                      log=lambda *a: None, **speed)
-    images = steps * int(cfg.data.batch_size)
-    phases = {"steps": steps, "host_ms_per_step": {k: round(statistics.median(v) * 1e3, 2)
-                                                   for k, v in clock.store.items()},
-              "host_ms": round((clock.seconds - clock.drain) / steps * 1e3, 2), "drain_ms": round(clock.drain * 1e3, 2),
-              "images_per_s": round(images / clock.seconds, 2)}
-    return images / clock.seconds, sites, phases
+    phases = phase_summary(clock.store, steps, int(cfg.data.batch_size), clock.seconds - clock.drain, clock.drain)
+    return steps * int(cfg.data.batch_size) / clock.seconds, sites, phases
 
 
 def main(argv=None) -> int:
@@ -375,7 +376,7 @@ def main(argv=None) -> int:
             module.dit.parameters(), cfg.train.grad_clip), "adamw": adamw,
             "ema": lambda: update_ema(module.ema, module.dit, 0.999)}
         for name, fn in parts.items():
-            (timed(store, name, fn) if store is not None else fn)()
+            timed(store, name, fn)()
 
     def dit_step(store=None):
         with amp:  # the DiT as compute_loss calls it in training (one cast of its matmul weights under bf16)
@@ -392,8 +393,7 @@ def main(argv=None) -> int:
 
     # -- the whole loop ----------------------------------------------------------------------------------
     def train_step(store=None):
-        b = next(loader) if store is None else timed(store, "loader", next)(loader)
-        b = to_dev(b) if store is None else timed(store, "to_device", to_dev)(b)
+        b = timed(store, "to_device", to_dev)(timed(store, "loader", next)(loader))
         with amp:
             loss = module.compute_loss(b, gen)["loss"]
         optimize(loss, store)
