@@ -62,18 +62,24 @@ def test_same_batches_with_0_and_2_workers(embedded_data):
     _same(_batches(_cfg(embedded_data, "data.num_workers=0")), _batches(_cfg(embedded_data, "data.num_workers=2")))
 
 
+def report_from_collate(monkeypatch, key, probe):
+    """Every batch carries batch[key] = probe(batch), computed where the batch is collated: in the loader's
+    workers, which fork with this patch in place, or in this process without workers."""
+    collate = datamodule.collate
+
+    def collate_and_probe(samples):
+        batch = collate(samples)
+        batch[key] = probe(batch)
+        return batch
+
+    monkeypatch.setattr(datamodule, "collate", collate_and_probe)
+
+
 def test_loader_workers_run_opencv_on_one_thread_and_this_process_keeps_its_pool(embedded_data, monkeypatch):
     """Each worker makes whole samples on one core: OpenCV's pool of one thread per core in every worker would run
     workers x cores threads beside the main process. The count is set before the fork (a forked worker that sets it
     deadlocks once this process has used the pool, as it has here), on the training and the validation loader."""
-    collate = datamodule.collate
-
-    def collate_reporting_threads(samples):  # runs in the workers, which fork with this patch in place
-        batch = collate(samples)
-        batch["opencv_threads"] = cv2.getNumThreads()
-        return batch
-
-    monkeypatch.setattr(datamodule, "collate", collate_reporting_threads)
+    report_from_collate(monkeypatch, "opencv_threads", lambda batch: cv2.getNumThreads())
     before = cv2.getNumThreads()
     cv2.setNumThreads(3)  # a pool of several threads on any machine, used before the workers fork
     try:
@@ -92,14 +98,7 @@ def test_loader_workers_run_opencv_on_one_thread_and_this_process_keeps_its_pool
 def test_workers_stack_batches_straight_into_shared_memory(embedded_data, monkeypatch):
     """A worker's batch reaches the main process through shared memory: stacked there at once, it is not copied
     there again when it is sent. The images are the bits of a batch made without workers."""
-    collate = datamodule.collate
-
-    def collate_reporting_shared(samples):  # runs in the workers, which fork with this patch in place
-        batch = collate(samples)
-        batch["shared"] = [batch[k].is_shared() for k in IMAGE_KEYS if k in batch]
-        return batch
-
-    monkeypatch.setattr(datamodule, "collate", collate_reporting_shared)
+    report_from_collate(monkeypatch, "shared", lambda batch: [batch[k].is_shared() for k in IMAGE_KEYS if k in batch])
     with_workers = _batches(_cfg(embedded_data, "data.num_workers=2"))
     assert all(b.pop("shared") == [True] * 5 for b in with_workers)
     without = _batches(_cfg(embedded_data, "data.num_workers=0"))
