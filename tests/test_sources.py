@@ -60,6 +60,21 @@ def test_scene_ab_mff_keeps_the_dataset_order(tmp_path):
     assert rec.task == "mff" and a.mean() > b.mean()
 
 
+def test_a_flat_dataset_inside_a_task_folder_keeps_every_pair_and_its_ground_truth(tmp_path):
+    """A folder of several `<name>_A` / `_B` pairs is a dataset, not one scene, wherever discovery meets it (it was
+    taken for a scene folder one level up, and all its pairs but one were dropped without a warning)."""
+    lytro = tmp_path / "mff" / "Lytro"
+    for k, name in enumerate(("lytro-01", "lytro-02", "lytro-03")):
+        write_image(lytro / f"{name}-A.png", _img(0.1 * k))
+        write_image(lytro / f"{name}-B.png", _img(0.5))
+    write_image(lytro / "lytro-02_gt.png", _img(0.3))
+    for root in (tmp_path, tmp_path / "mff", lytro):
+        recs = discover(root)
+        assert [(r.name, r.task) for r in recs] == [(f"lytro-0{k}", "mff") for k in (1, 2, 3)], root
+        assert [r.gt and r.gt.name for r in recs] == [None, "lytro-02_gt.png", None]
+        assert [load_pair(r)[0].mean() for r in recs] == pytest.approx([0.0, 0.1, 0.2], abs=1 / 255)
+
+
 def test_sice_sequence_picks_darkest_and_brightest(tmp_path):
     root = tmp_path / "SICE"
     for i, v in enumerate((0.5, 0.05, 0.95, 0.3)):
@@ -112,3 +127,4 @@ def test_real_benchmark_samples_are_found_and_every_pair_loads(rel, count):
         assert a.shape == b.shape and a.dtype == np.float32 and a.shape[2] == 3
         if rec.task == "mef":
             assert a.mean() <= b.mean()
+

@@ -90,9 +90,9 @@ def detect_layout(root: Path) -> Optional[str]:
         return "sequence"
     if any(_AB_SUFFIX.match(p.stem) for p in root.iterdir() if p.is_file()):
         return "scene_ab"
-    for d in dirs.values():
-        if any(_AB_SUFFIX.match(p.stem) for p in d.iterdir() if p.is_file()):
-            return "scene_ab"
+    # scene folders, each one pair; a folder of several pairs is a flat dataset of its own, found one level down
+    if any(_is_one_pair(_ab_in(d)[0]) for d in dirs.values()):
+        return "scene_ab"
     return None
 
 
@@ -146,7 +146,7 @@ def _generic(root: Path, task: str, split: Optional[str]) -> list[PairRecord]:
     ]
 
 
-def _ab_in(folder: Path, prefer: Optional[str]) -> tuple[dict[str, dict[str, Path]], list[str]]:
+def _ab_in(folder: Path) -> tuple[dict[str, dict[str, Path]], list[str]]:
     """Group `<stem>_A` / `<stem>_B` files of one folder by lower-case stem."""
     groups: dict[str, dict[str, Path]] = {}
     loose: list[str] = []
@@ -155,22 +155,30 @@ def _ab_in(folder: Path, prefer: Optional[str]) -> tuple[dict[str, dict[str, Pat
         if not m:
             loose.append(path.name)
             continue
-        stem = prefer.lower() if prefer else m["stem"]
-        groups.setdefault(stem, {}).setdefault(m["side"].lower(), path)
+        groups.setdefault(m["stem"], {}).setdefault(m["side"].lower(), path)
     return groups, loose
+
+
+def _is_one_pair(groups: dict[str, dict[str, Path]]) -> bool:
+    """One `_A` and one `_B` file, whatever their prefixes."""
+    return sorted(side for sides in groups.values() for side in sides) == ["a", "b"]
 
 
 def _scene_ab(root: Path, task: str, split: Optional[str]) -> list[PairRecord]:
     records, unmatched = [], []
     folders = [root] + list(_child_dirs(root).values())
     for folder in folders:
-        # Inside a scene folder the file prefix may differ from the folder name in letter case (MEFB's
-        # `Sky/sKY_a.png`), so one scene folder is one pair whatever its files' prefixes say.
-        groups, _ = _ab_in(folder, prefer=None if folder == root else folder.name)
-        gt_candidates = list_images(folder) if folder != root else {}
+        groups, _ = _ab_in(folder)
+        # A scene folder holds one pair, named by the folder whatever its files' prefixes say (MEFB's
+        # `Sky/sKY_a.png` with `Sky_B.png`); a folder of several pairs (the root, or a flat dataset inside it)
+        # names each by its stem.
+        scene = folder != root and _is_one_pair(groups)
+        if scene:
+            groups = {folder.name.lower(): {side: path for sides in groups.values() for side, path in sides.items()}}
+        gt_candidates = list_images(folder)
         for stem, sides in sorted(groups.items()):
             if "a" in sides and "b" in sides:
-                name = folder.name if folder != root else sides["a"].stem[:-2]
+                name = folder.name if scene else sides["a"].stem[:-2]
                 gt = next((p for k, p in gt_candidates.items() if k in (f"{stem}_gt", f"{stem}_f", f"{stem}-gt")), None)
                 records.append(
                     PairRecord(name=name, task=task, a=sides["a"], b=sides["b"], gt=gt, dataset=dataset_name(root),
