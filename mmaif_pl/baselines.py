@@ -9,7 +9,8 @@ removal for IR stripes. Fusion rules: average, Laplacian pyramid (max-abs detail
 
 Python use (the latency benchmark): `restore_and_fuse(a, b, task, ["gaussian_noise", "haze"])` on two
 HxWx3 float32 arrays in [0, 1]. Command: `mmaif baseline --prepared prepared/test --out DIR`, which
-writes `<DIR>/<id>.png` for every sample so `mmaif evaluate --prepared` scores it like a model.
+writes `<DIR>/<id>.png` for every sample so `mmaif evaluate --prepared` scores it like a model (or `--dataset
+ROOT`: a benchmark's pairs, fused as they are, for `mmaif evaluate --dataset`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -24,6 +26,8 @@ import cv2
 import numpy as np
 
 from .data.color import luma
+from .data.io import write_image
+from .data.sources import PairRecord, discover, load_pair
 from .errors import UserError
 
 FUSION_RULES = ("auto", "average", "laplacian", "guided", "mertens", "focus")
@@ -354,10 +358,8 @@ def restore_and_fuse(a: np.ndarray, b: np.ndarray, task: str, degradations: Sequ
 # ----------------------------------------------------------------------------------------------------
 
 
-def run_prepared(split_dir: Path, out_dir: Path, fusion: str = "auto", restore: bool = True,
-                 progress: bool = True) -> int:
-    from .data.io import read_image, write_image
-
+def prepared_jobs(split_dir: Path) -> list[tuple[PairRecord, Sequence[Record]]]:
+    """Each sample of a prepared split as a pair of its degraded inputs, with its degradation records."""
     index_path = split_dir / "index.json"
     if not index_path.is_file():
         raise UserError(f"{split_dir} is not a prepared split: {index_path} not found (run `mmaif data prepare`)")
@@ -367,43 +369,73 @@ def run_prepared(split_dir: Path, out_dir: Path, fusion: str = "auto", restore: 
         raise UserError(f"{index_path}: not a valid prepared index ({exc})") from None
     if not samples:
         raise UserError(f"{index_path}: the split has no samples")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    return [(PairRecord(s["id"], s["task"], split_dir / s["a"], split_dir / s["b"]), s.get("degradations", []))
+            for s in samples]
+
+
+def dataset_jobs(root: Path, task: Optional[str] = None, split: Optional[str] = None
+                 ) -> list[tuple[PairRecord, Sequence[Record]]]:
+    """Every pair of a benchmark in its native layout, with no degradation records: there is nothing to restore by."""
+    return [(replace(rec, gt=None), []) for rec in discover(root, task=task, split=split)]
+
+
+def run_jobs(jobs: list[tuple[PairRecord, Sequence[Record]]], out_dir: Path, fusion: str = "auto",
+             restore: bool = True, progress: bool = True) -> int:
+    """Restore and fuse each pair; writes `<out_dir>/<pair_id>.png`, what `mmaif evaluate` reads."""
     tty = sys.stderr.isatty()
-    for k, s in enumerate(samples, 1):
-        a, b = read_image(split_dir / s["a"]), read_image(split_dir / s["b"])
-        fused = restore_and_fuse(a, b, s["task"], s.get("degradations", []), fusion, restore)
-        write_image(out_dir / f"{s['id']}.png", fused)
-        if progress and (tty or k == len(samples) or k % max(1, len(samples) // 10) == 0):
+    for k, (pair, degradations) in enumerate(jobs, 1):
+        a, b, _ = load_pair(pair)
+        fused = restore_and_fuse(a, b, pair.task, degradations, fusion, restore)
+        write_image(out_dir / f"{pair.pair_id}.png", fused)
+        if progress and (tty or k == len(jobs) or k % max(1, len(jobs) // 10) == 0):
             lead = "\r" if tty else ""
-            print(f"{lead}  fused {k}/{len(samples)} ({s['id']})  ", end="" if tty and k < len(samples) else "\n",
+            print(f"{lead}  fused {k}/{len(jobs)} ({pair.pair_id})  ", end="" if tty and k < len(jobs) else "\n",
                   file=sys.stderr, flush=True)
-    return len(samples)
+    return len(jobs)
+
+
+def run_prepared(split_dir: Path, out_dir: Path, fusion: str = "auto", restore: bool = True,
+                 progress: bool = True) -> int:
+    return run_jobs(prepared_jobs(split_dir), out_dir, fusion, restore, progress)
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.fusion not in FUSION_RULES:  # argparse checks choices; kept for Python callers
         raise UserError(f"unknown fusion rule '{args.fusion}'")
+    if (args.task or args.split) and not args.dataset:
+        raise UserError("--task and --split choose the pairs of a --dataset")
     start = time.time()
-    n = run_prepared(args.prepared, args.out, args.fusion, not args.no_restore)
-    what = ("no restoration" if args.no_restore else "oracle restoration") + f" + {args.fusion} fusion"
-    print(f"fused {n} sample(s) with {what} in {time.time() - start:.1f} s: wrote {args.out}/<id>.png")
+    if args.dataset:
+        n = run_jobs(dataset_jobs(args.dataset, args.task, args.split), args.out, args.fusion)
+        what = f"{args.fusion} fusion (a benchmark's sources as they are)"
+    else:
+        n = run_prepared(args.prepared, args.out, args.fusion, not args.no_restore)
+        what = ("no restoration" if args.no_restore else "oracle restoration") + f" + {args.fusion} fusion"
+    print(f"fused {n} pair(s) with {what} in {time.time() - start:.1f} s: wrote {args.out}/<id>.png")
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "baseline",
-        help="classical restoration + fusion on a prepared split",
+        help="classical restoration + fusion on a prepared split (or classical fusion of a benchmark)",
         description="Restore each source by its recorded degradations (NLM, Wiener, dark channel, ...), then "
-        "fuse with a classical rule. Writes <out>/<id>.png for every sample of the split.",
+        "fuse with a classical rule. Writes <out>/<id>.png for every sample of the split. With --dataset, a "
+        "benchmark's pairs are fused as they are (it records no degradations to restore by).",
         epilog="examples:\n"
         "  mmaif baseline --prepared prepared/test --out runs/baseline/test_fused\n"
         "  mmaif baseline --prepared prepared/test --out runs/average_only --fusion average --no-restore\n"
         "  mmaif evaluate --prepared prepared/test --fused runs/baseline/test_fused --json metrics/baseline.json\n"
+        "  mmaif baseline --dataset ../MEFB --out fused/mefb_classical    # a benchmark, fused by the rule of its task\n"
         "fusion rules: auto (vif: guided, mef: mertens, mff: focus), average, laplacian, guided, mertens, focus",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--prepared", type=Path, required=True, help="prepared split folder (with index.json)")
+    pairs = p.add_mutually_exclusive_group(required=True)
+    pairs.add_argument("--prepared", type=Path, help="prepared split folder (with index.json)")
+    pairs.add_argument("--dataset", type=Path, help="a benchmark in its native layout (docs/data.md), or a folder of "
+                       "several: its sources fused as they are, <out>/<pair>.png as `mmaif fuse --dataset` writes")
+    p.add_argument("--task", choices=tuple(AUTO_RULE), help="--dataset: its task, where the folder names do not tell")
+    p.add_argument("--split", help="--dataset: the pairs listed in <root>/<split>.txt, or under a <split> folder")
     p.add_argument("--out", type=Path, required=True, help="folder for the fused images")
     p.add_argument("--fusion", choices=FUSION_RULES, default="auto", help="fusion rule (default: auto, per task)")
     p.add_argument("--no-restore", action="store_true", help="fuse the degraded inputs directly")

@@ -13,13 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from .data.io import list_images, read_image, write_image
+from .data.io import list_images, write_image
+from .data.sources import TASKS, PairRecord, discover, load_pair
 from .errors import UserError
 
 DEFAULT_PROMPT = "Fuse the two images."  # prompts.NEUTRAL[0], as the training prompts of clean samples read
@@ -252,29 +254,39 @@ class Fuser:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _jobs(args) -> list[tuple[str, Path, Path, str, Path]]:
-    """(name, a, b, prompt, output path) for every pair the arguments describe."""
+def _jobs(args) -> list[tuple[PairRecord, str, Path]]:
+    """(pair, prompt, output path) for every pair the arguments describe."""
     out = Path(args.out)
+    given = [flag for flag, value in (("--a/--b", args.a or args.b), ("--prepared", args.prepared),
+                                      ("--dataset", args.dataset)) if value]
+    if len(given) > 1:
+        raise UserError(f"give one of --a/--b, --prepared and --dataset, not {' and '.join(given)}")
+    if (args.task or args.split) and not args.dataset:
+        raise UserError("--task and --split choose the pairs of a --dataset")
     if args.prepared:
         import json
 
         split = Path(args.prepared)
         index = split / "index.json"
         if not index.is_file():
-            raise UserError(f"{index} not found: run `mmaif data prepare` first")
+            raise UserError(f"{index} not found: run `mmaif data prepare`")
         samples = json.loads(index.read_text())["samples"]
-        return [(s["id"], split / s["a"], split / s["b"], args.prompt or s["prompt"], out / f"{s['id']}.png")
-                for s in samples]
-    if not (args.a and args.b):
-        raise UserError("give --a and --b (two images or two folders), or --prepared SPLIT_DIR")
-    a, b = Path(args.a), Path(args.b)
+        return [(PairRecord(s["id"], s["task"], split / s["a"], split / s["b"]), args.prompt or s["prompt"],
+                 out / f"{s['id']}.png") for s in samples]
     prompt = args.prompt or DEFAULT_PROMPT
+    if args.dataset:
+        # a benchmark in its native layout (docs/data.md); MEF pairs darker first, as in training
+        records = discover(args.dataset, task=args.task, split=args.split)
+        return [(replace(r, gt=None), prompt, out / f"{r.pair_id}.png") for r in records]
+    if not (args.a and args.b):
+        raise UserError("give --a and --b (two images or two folders), --prepared SPLIT_DIR or --dataset ROOT")
+    a, b = Path(args.a), Path(args.b)
     if a.is_dir() != b.is_dir():
         raise UserError(f"--a {a} and --b {b} must both be images or both be folders")
     if a.is_file() or not a.exists():
         if out.suffix.lower() != ".png":
             raise UserError(f"--out {out}: a single fused image is written as .png")
-        return [(a.stem, a, b, prompt, out)]
+        return [(PairRecord(a.stem, "", a, b), prompt, out)]
     la, lb = list_images(a), list_images(b)
     common = sorted(la.keys() & lb.keys())
     if not common:
@@ -282,7 +294,7 @@ def _jobs(args) -> list[tuple[str, Path, Path, str, Path]]:
     missing = sorted(la.keys() ^ lb.keys())
     if missing:
         print(f"warning: {len(missing)} image(s) without a partner skipped: {', '.join(missing[:8])}", file=sys.stderr)
-    return [(k, la[k], lb[k], prompt, out / f"{la[k].stem}.png") for k in common]
+    return [(PairRecord(k, "", la[k], lb[k]), prompt, out / f"{la[k].stem}.png") for k in common]
 
 
 # `mmaif fuse --fast`: the fast paths that keep the output (bit-exact or up to float rounding; the bf16 codec
@@ -306,17 +318,16 @@ def cmd_fuse(args) -> int:
                   bf16_weights=args.bf16_weights, fused_blocks=args.fused_blocks, sparse_moe=args.sparse_moe,
                   codec_bf16=args.codec_bf16, bf16_dit=args.bf16_dit)
     start = time.perf_counter()
-    for i, (name, pa, pb, prompt, dest) in enumerate(jobs, 1):
-        a, b = read_image(pa), read_image(pb)
-        if a.shape != b.shape:
-            raise UserError(f"size mismatch: {pa} is {a.shape[1]}x{a.shape[0]}, {pb} is {b.shape[1]}x{b.shape[0]}")
+    for i, (pair, prompt, dest) in enumerate(jobs, 1):
+        a, b, _ = load_pair(pair)
         write_image(dest, fuser(a, b, prompt))
         if sys.stderr.isatty():
-            print(f"\rfused {i}/{len(jobs)} {name}", end="\n" if i == len(jobs) else "", file=sys.stderr, flush=True)
+            print(f"\rfused {i}/{len(jobs)} {pair.pair_id}", end="\n" if i == len(jobs) else "", file=sys.stderr,
+                  flush=True)
         elif i % max(1, len(jobs) // 10) == 0 or i == len(jobs):
             print(f"  fused {i}/{len(jobs)}", file=sys.stderr, flush=True)
     steps = f", {args.steps or fuser.module.cfg.train.sample_steps} steps" if fuser.variant == "flow" else ""
-    where = jobs[0][4] if len(jobs) == 1 else jobs[0][4].parent
+    where = jobs[0][2] if len(jobs) == 1 else Path(args.out)
     print(f"fused {len(jobs)} pair(s) with {fuser.variant}{steps} on {fuser.device.type} in "
           f"{time.perf_counter() - start:.1f} s -> {where}")
     return 0
@@ -330,11 +341,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                "  mmaif fuse --checkpoint runs/regression/checkpoints/last.ckpt --a vis.png --b ir.png "
                "--prompt 'Remove the haze.' --out fused.png\n"
                "  mmaif fuse --checkpoint runs/flow/checkpoints/last.ckpt --steps 4 --prepared prepared/test "
-               "--out fused/flow")
+               "--out fused/flow\n"
+               "  mmaif fuse --checkpoint runs/regression/checkpoints/last.ckpt --dataset ../MEFB --out fused/mefb")
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by `mmaif train`")
     p.add_argument("--a", help="source a (VIF: visible, MEF: under-exposed, MFF: near focus): image or folder")
     p.add_argument("--b", help="source b (VIF: infrared, MEF: over-exposed, MFF: far focus): image or folder")
     p.add_argument("--prepared", help="a prepared split folder (its prompts are used unless --prompt is given)")
+    p.add_argument("--dataset", help="a benchmark in its native layout (MSRS, TNO, MEFB, MFIFB, ...: docs/data.md), "
+                   "or a folder of several: every pair, written as <out>/<pair>.png (<out>/<folder>/<pair>.png for "
+                   "several), as `mmaif evaluate --dataset` reads them")
+    p.add_argument("--task", choices=TASKS, help="--dataset: its task, where the folder names do not tell")
+    p.add_argument("--split", help="--dataset: the pairs listed in <root>/<split>.txt, or under a <split> folder")
     p.add_argument("--out", required=True, help="output .png (one pair) or folder")
     p.add_argument("--prompt", help=f"text prompt (default: the split's, else '{DEFAULT_PROMPT}')")
     p.add_argument("--steps", type=int, help="flow sampling steps (default: the checkpoint's train.sample_steps)")

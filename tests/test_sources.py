@@ -70,9 +70,19 @@ def test_a_flat_dataset_inside_a_task_folder_keeps_every_pair_and_its_ground_tru
     write_image(lytro / "lytro-02_gt.png", _img(0.3))
     for root in (tmp_path, tmp_path / "mff", lytro):
         recs = discover(root)
-        assert [(r.name, r.task) for r in recs] == [(f"lytro-0{k}", "mff") for k in (1, 2, 3)], root
+        assert [(r.name, r.group, r.task) for r in recs] == [(f"lytro-0{k}", "", "mff") for k in (1, 2, 3)], root
         assert [r.gt and r.gt.name for r in recs] == [None, "lytro-02_gt.png", None]
         assert [load_pair(r)[0].mean() for r in recs] == pytest.approx([0.0, 0.1, 0.2], abs=1 / 255)
+
+
+def test_pair_ids_carry_the_layout_folder_where_a_root_holds_several(tmp_path):
+    """Pairs of the same name in two datasets get distinct ids (`mmaif fuse --dataset` writes <out>/<id>.png)."""
+    write_image(tmp_path / "vif" / "TNO" / "vi" / "s1.png", _img(0.5))
+    write_image(tmp_path / "vif" / "TNO" / "ir" / "s1.png", _img(0.5))
+    write_image(tmp_path / "mef" / "MEFB" / "s1" / "s1_A.png", _img(0.2))
+    write_image(tmp_path / "mef" / "MEFB" / "s1" / "s1_B.png", _img(0.8))
+    assert sorted(r.pair_id for r in discover(tmp_path)) == ["mef/MEFB/s1", "vif/TNO/s1"]
+    assert [r.pair_id for r in discover(tmp_path / "vif")] == ["s1"]  # one dataset: its names alone
 
 
 def test_sice_sequence_picks_darkest_and_brightest(tmp_path):
@@ -128,3 +138,9 @@ def test_real_benchmark_samples_are_found_and_every_pair_loads(rel, count):
         if rec.task == "mef":
             assert a.mean() <= b.mean()
 
+
+def test_the_shared_samples_as_one_root_give_unique_pair_ids():
+    root = shared_dataset("")
+    recs = discover(root)
+    assert len({r.pair_id for r in recs}) == len(recs) == 212
+    assert {r.group for r in recs} == {"vif/TNO", "vif/RoadScene", "mef/MEFB", "mff/MFIFB"}

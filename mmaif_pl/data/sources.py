@@ -54,6 +54,13 @@ class PairRecord:
     gt: Optional[Path] = None
     dataset: str = ""
     order_by_luminance: bool = False  # MEF without a stated order: darker source first, decided at load
+    group: str = ""  # the layout folder under the root discover() searched, where it found several ("mef/MEFB")
+
+    @property
+    def pair_id(self) -> str:
+        """The pair's name, under its layout folder when a root holds several (`vif/TNO/01`): unique within what
+        one discover() call returns, and the relative path (without extension) of `mmaif fuse --dataset`'s output."""
+        return f"{self.group}/{self.name}" if self.group else self.name
 
 
 _SPLIT_OR_TASK = {"train", "test", "val", "validation", *TASKS}
@@ -259,6 +266,8 @@ def discover(
         keep = _read_split_list(r, split)
         if keep is not None:
             found = [rec for rec in found if rec.name.lower() in keep]
+        if len(roots) > 1:
+            found = [replace(rec, group=r.relative_to(root).as_posix()) for rec in found]
         records += found
     if not records:
         raise UserError(f"{root}: no image pairs found")

@@ -30,6 +30,7 @@ EXAMPLES = """examples:
   mmaif evaluate --task vif --a ../shared/datasets/vif/TNO/vi --b ../shared/datasets/vif/TNO/ir \\
       --fused out/tno_average --json metrics/tno_average.json --csv metrics/tno_average.csv
   mmaif evaluate --prepared prepared/test --fused runs/regression/test_fused --json metrics/regression.json
+  mmaif evaluate --dataset ../MEFB --fused fused/mefb --json metrics/mefb.json   # as `mmaif fuse --dataset` wrote
   mmaif evaluate ... --profile cddfuse     # the conventions of CDDFuse's Evaluator.py (MI in nats, ...)
 
 profiles: """ + "; ".join(f"{p.name}: {p.description}" for p in PROFILES.values())
@@ -45,11 +46,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--task", choices=TASKS, help="task of the folder pairs (folder mode)")
+    p.add_argument("--task", choices=TASKS, help="task of the folder pairs (folder mode), or of a --dataset whose "
+                   "folder names do not tell")
     p.add_argument("--a", type=Path, help="first sources (VIF: visible, MEF: under-exposed, MFF: near focus)")
     p.add_argument("--b", type=Path, help="second sources (VIF: infrared, MEF: over-exposed, MFF: far focus)")
     p.add_argument("--target", type=Path, help="ground-truth fused images (adds PSNR and SSIM_gt)")
     p.add_argument("--prepared", type=Path, help="a prepared split folder (with index.json) instead of --a/--b")
+    p.add_argument("--dataset", type=Path, help="a benchmark in its native layout (docs/data.md), or a folder of "
+                   "several, instead of --a/--b: its fused images are <fused>/<pair>.<ext>, as `mmaif fuse --dataset` "
+                   "writes them; its ground truth, where it has one, adds PSNR and SSIM_gt")
+    p.add_argument("--split", help="--dataset: the pairs listed in <root>/<split>.txt, or under a <split> folder")
     p.add_argument("--sources", choices=("clean", "degraded"), default="clean",
                    help="prepared split: compare with the clean sources (default) or the degraded inputs")
     p.add_argument("--fused", type=Path, required=True, help="fused images, <stem>.<ext> (prepared: <id>.png)")
@@ -100,6 +106,29 @@ def folder_items(task: str, a_dir: Path, b_dir: Path, fused_dir: Path, target_di
         if no_gt:
             raise UserError(f"{len(no_gt)} pair(s) have no ground truth in {target_dir}: {', '.join(no_gt[:5])}")
     return [{"id": s, "task": task, "a": a[s], "b": b[s], "fused": fused[s], "target": target.get(s)} for s in stems]
+
+
+def dataset_items(root: Path, task: Optional[str], split: Optional[str], fused_dir: Path) -> list[dict]:
+    """Every pair of a benchmark in its native layout (data.sources.discover) with its fused image
+    `<fused>/<pair_id>.<ext>`, as `mmaif fuse --dataset` writes it, and its ground truth where the dataset has one."""
+    from ..data.sources import discover
+
+    records = discover(root, task=task, split=split)
+    listings: dict[str, dict[str, Path]] = {}  # one listing per layout folder of the fused images
+    items, missing = [], []
+    for rec in records:
+        if rec.group not in listings:
+            folder = fused_dir / rec.group
+            listings[rec.group] = _list(folder, "--fused") if folder.is_dir() else {}
+        fused = listings[rec.group].get(rec.name.lower())
+        if fused is None:
+            missing.append(rec.pair_id)
+            continue
+        items.append({"id": rec.pair_id, "task": rec.task, "a": rec.a, "b": rec.b, "fused": fused, "target": rec.gt})
+    if missing:
+        raise UserError(f"{len(missing)} pair(s) of {root} have no fused image in {fused_dir}: {', '.join(missing[:5])}"
+                        + (" ..." if len(missing) > 5 else "") + " (write them with `mmaif fuse --dataset`)")
+    return items
 
 
 def prepared_items(split_dir: Path, fused_dir: Path, sources: str) -> list[dict]:
@@ -244,22 +273,24 @@ def _csv_text(rows: list[dict], names: list[str]) -> str:
     return buf.getvalue()
 
 
-def evaluate(items: list[dict], profile: str, prepared: bool, inputs: dict, device: str = "cpu",
+def evaluate(items: list[dict], profile: str, mode: str, inputs: dict, device: str = "cpu",
              progress: bool = True, grid_period: int = 0) -> tuple[dict, list[dict], list[str]]:
+    """The JSON record of `items` scored with `profile`; `mode` (folders | dataset | prepared) names where they came
+    from, and a prepared split adds the means per degradation, count and severity."""
     prof = get_profile(profile)
     rows = score_items(items, prof.name, device, progress, grid_period)
     with_ref = any(it.get("target") for it in items)
     names = metric_names(with_reference=with_ref) + ([DIAGNOSTIC] if grid_period else [])
     result = {
         "created_by": "mmaif evaluate",
-        "mode": "prepared" if prepared else "folders",
+        "mode": mode,
         "inputs": {k: (str(v) if v is not None else None) for k, v in inputs.items()},
         "profile": prof.conventions(),
         "grid_period": grid_period or None,
         "n_images": len(rows),
         "metrics": names,
         "lower_is_better": sorted(LOWER_IS_BETTER),
-        **summarize(rows, names, prepared),
+        **summarize(rows, names, mode == "prepared"),
         "per_image": rows,
     }
     return result, rows, names
@@ -281,19 +312,30 @@ def run(args: argparse.Namespace) -> int:
         # The heavy filtering runs in scipy (one thread); torch's elementwise work gains little from a second
         # OpenMP thread and loses several-fold when the cores are shared with other jobs.
         torch.set_num_threads(1)
+    if args.prepared and args.dataset:
+        raise UserError("give --prepared or --dataset, not both")
+    if args.split and not args.dataset:
+        raise UserError("--split chooses the pairs of a --dataset")
     if args.prepared:
         if args.a or args.b or args.target:
             raise UserError("--prepared replaces --a/--b/--target; give one or the other")
         items = prepared_items(args.prepared, args.fused, args.sources)
         inputs = {"prepared": args.prepared, "fused": args.fused, "sources": args.sources}
+    elif args.dataset:
+        if args.a or args.b or args.target:
+            raise UserError("--dataset replaces --a/--b/--target (its ground truth is found with its pairs); "
+                            "give one or the other")
+        items = dataset_items(args.dataset, args.task, args.split, args.fused)
+        inputs = {"dataset": args.dataset, "task": args.task, "split": args.split, "fused": args.fused}
     else:
         if not (args.task and args.a and args.b):
-            raise UserError("give --task, --a and --b (folder mode) or --prepared SPLIT_DIR")
+            raise UserError("give --task, --a and --b (folder mode), --prepared SPLIT_DIR or --dataset ROOT")
         items = folder_items(args.task, args.a, args.b, args.fused, args.target)
         inputs = {"task": args.task, "a": args.a, "b": args.b, "fused": args.fused, "target": args.target}
     print(f"evaluating {len(items)} image(s) with profile '{args.profile}'", file=sys.stderr)
     start = time.time()
-    result, rows, names = evaluate(items, args.profile, bool(args.prepared), inputs, args.device,
+    mode = "prepared" if args.prepared else "dataset" if args.dataset else "folders"
+    result, rows, names = evaluate(items, args.profile, mode, inputs, args.device,
                                    grid_period=args.grid_period)
     print(format_table(result, names))
     atomic_write_text(args.json, json.dumps(result, indent=1, allow_nan=False) + "\n")
