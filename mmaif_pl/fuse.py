@@ -269,7 +269,7 @@ def _jobs(args) -> list[tuple[PairRecord, str, Path]]:
         split = Path(args.prepared)
         index = split / "index.json"
         if not index.is_file():
-            raise UserError(f"{index} not found: run `mmaif data prepare`")
+            raise UserError(f"{index} not found: run `mmaif data prepare` first")
         samples = json.loads(index.read_text())["samples"]
         return [(PairRecord(s["id"], s["task"], split / s["a"], split / s["b"]), args.prompt or s["prompt"],
                  out / f"{s['id']}.png") for s in samples]
