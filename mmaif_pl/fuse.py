@@ -263,6 +263,8 @@ def _jobs(args) -> list[tuple[PairRecord, str, Path]]:
         raise UserError(f"give one of --a/--b, --prepared and --dataset, not {' and '.join(given)}")
     if (args.task or args.split) and not args.dataset:
         raise UserError("--task and --split choose the pairs of a --dataset")
+    if (args.prepared or args.dataset or (args.a and Path(args.a).is_dir())) and out.suffix.lower() == ".png":
+        raise UserError(f"--out {out}: the fused images of several pairs go into a folder; name one without .png")
     if args.prepared:
         import json
 

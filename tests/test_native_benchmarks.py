@@ -129,4 +129,6 @@ def test_fuse_dataset_refuses_other_sources_and_loose_flags(tmp_path, capsys):
     assert "--task and --split choose the pairs of a --dataset" in capsys.readouterr().err
     assert main(command[:3] + ["--dataset", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 1
     assert "no such dataset folder" in capsys.readouterr().err
+    assert main(command[:3] + ["--dataset", str(tmp_path), "--out", str(tmp_path / "o.png")]) == 1
+    assert "the fused images of several pairs go into a folder" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.png").exists()
