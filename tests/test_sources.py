@@ -68,10 +68,11 @@ def test_a_flat_dataset_inside_a_task_folder_keeps_every_pair_and_its_ground_tru
         write_image(lytro / f"{name}-A.png", _img(0.1 * k))
         write_image(lytro / f"{name}-B.png", _img(0.5))
     write_image(lytro / "lytro-02_gt.png", _img(0.3))
+    write_image(lytro / "lytro-03_F.png", _img(0.3))  # `<stem>_F`: the other ground-truth suffix read
     for root in (tmp_path, tmp_path / "mff", lytro):
         recs = discover(root)
         assert [(r.name, r.group, r.task) for r in recs] == [(f"lytro-0{k}", "", "mff") for k in (1, 2, 3)], root
-        assert [r.gt and r.gt.name for r in recs] == [None, "lytro-02_gt.png", None]
+        assert [r.gt and r.gt.name for r in recs] == [None, "lytro-02_gt.png", "lytro-03_F.png"]
         assert [load_pair(r)[0].mean() for r in recs] == pytest.approx([0.0, 0.1, 0.2], abs=1 / 255)
 
 
