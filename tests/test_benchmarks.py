@@ -330,3 +330,21 @@ def test_data_throughput_writes_the_per_core_rate(tmp_path):
     assert res["opencv_pool"]["threads"] >= 1 and res["opencv_pool"]["samples_per_second"] > 0
     assert res["cpu_ms_per_sample"] > 0 and res["opencv_pool"]["cpu_ms_per_sample"] > 0
     assert f"with OpenCV's pool of {res['opencv_pool']['threads']} threads" in out
+
+
+def test_prompt_cache_counts_distinct_prompts_and_hit_rates(tmp_path):
+    """The measurement behind models/text.CACHE_SIZE: distinct prompts at each doubling, the LRU hit rate per size
+    (never above the unbounded one, growing with the size) and the bytes per entry."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from prompt_cache import lru_hit_rate
+
+    assert lru_hit_rate(["a", "b", "a", "c", "b", "a"], None) == pytest.approx(3 / 6)
+    assert lru_hit_rate(["a", "b", "a", "c", "b", "a"], 2) == pytest.approx(1 / 6)  # only the first "a" again
+    out = run("prompt_cache.py", "--samples", "3000", "--sizes", "64", "1024", "--json", str(tmp_path / "p.json"))
+    res = json.loads((tmp_path / "p.json").read_text())
+    distinct = list(res["distinct_after"].values())
+    assert list(res["distinct_after"]) == ["1000", "2000", "3000"] and distinct == sorted(distinct)
+    assert 0 < distinct[-1] < 3000
+    rates = res["hit_rate"]
+    assert 0 < rates["64"] <= rates["1024"] <= rates["unbounded"] < 1
+    assert 10_000 < res["bytes_per_entry"] < 100_000 and "bytes per cached prompt" in out

@@ -55,6 +55,29 @@ def test_cache_holds_each_prompts_own_states(minilm):
         torch.testing.assert_close(entry, alone, rtol=1e-4, atol=1e-5)
 
 
+def test_cache_keeps_the_most_recently_used_prompts_up_to_its_size():
+    """A bounded cache (training prompts keep being new, and an unbounded one grew with every one of them): the least
+    recently used prompt goes first, this batch's prompts stay, and a prompt encoded again has its own states."""
+    enc = TextEncoder(cache_size=3)
+    first = enc(["Remove the haze.", "Denoise it.", "Fuse."])
+    enc(["Remove the haze."])  # used again: now the most recent
+    enc(["Brighten the dark source."])  # one over the size: "Denoise it." is the least recently used
+    assert list(enc._cache) == ["Fuse.", "Remove the haze.", "Brighten the dark source."]
+    calls = []
+    orig = enc._encode_new
+    enc._encode_new = lambda ps: (calls.append(list(ps)), orig(ps))
+    again = enc(["Remove the haze.", "Denoise it.", "Fuse."])
+    assert calls == [["Denoise it."]] and len(enc._cache) == 3
+    for x, y in zip(first, again):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    # a batch of more new prompts than the cache holds is encoded whole; the cache keeps its last ones
+    prompts = [f"Prompt number {k}." for k in range(5)]
+    pooled, _, _ = enc(prompts)
+    assert pooled.shape[0] == 5 and list(enc._cache) == prompts[2:]
+    with pytest.raises(UserError, match="cache_size must be at least 1"):
+        TextEncoder(cache_size=0)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_text_encoder_on_the_gpu_matches_the_cpu():
     """On a GPU the states come back in one copy and go out from pinned memory without a host sync: the same
