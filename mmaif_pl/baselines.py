@@ -394,11 +394,6 @@ def run_jobs(jobs: list[tuple[PairRecord, Sequence[Record]]], out_dir: Path, fus
     return len(jobs)
 
 
-def run_prepared(split_dir: Path, out_dir: Path, fusion: str = "auto", restore: bool = True,
-                 progress: bool = True) -> int:
-    return run_jobs(prepared_jobs(split_dir), out_dir, fusion, restore, progress)
-
-
 def _run(args: argparse.Namespace) -> int:
     if args.fusion not in FUSION_RULES:  # argparse checks choices; kept for Python callers
         raise UserError(f"unknown fusion rule '{args.fusion}'")
@@ -406,11 +401,12 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError("--task and --split choose the pairs of a --dataset")
     start = time.time()
     if args.dataset:
-        n = run_jobs(dataset_jobs(args.dataset, args.task, args.split), args.out, args.fusion)
+        jobs = dataset_jobs(args.dataset, args.task, args.split)
         what = f"{args.fusion} fusion (a benchmark's sources as they are)"
     else:
-        n = run_prepared(args.prepared, args.out, args.fusion, not args.no_restore)
+        jobs = prepared_jobs(args.prepared)
         what = ("no restoration" if args.no_restore else "oracle restoration") + f" + {args.fusion} fusion"
+    n = run_jobs(jobs, args.out, args.fusion, not args.no_restore)
     print(f"fused {n} pair(s) with {what} in {time.time() - start:.1f} s: wrote {args.out}/<id>.png")
     return 0
 
