@@ -76,6 +76,25 @@ def test_a_flat_dataset_inside_a_task_folder_keeps_every_pair_and_its_ground_tru
         assert [load_pair(r)[0].mean() for r in recs] == pytest.approx([0.0, 0.1, 0.2], abs=1 / 255)
 
 
+def test_realmff_layout_pairs_its_suffixed_files_and_reads_fusion_as_ground_truth(tmp_path):
+    """RealMFF: imageA/<n>_A, imageB/<n>_B, Fusion/<n>_F (it was found nowhere: no layout matched). A generic
+    A/ + B/ whose shared names end in a side letter still pairs by the names as they are."""
+    root = tmp_path / "RealMFF"
+    for k, n in enumerate(("001", "002")):
+        write_image(root / "imageA" / f"{n}_A.png", _img(0.1 * k))
+        write_image(root / "imageB" / f"{n}_B.png", _img(0.5))
+        write_image(root / "Fusion" / f"{n}_F.png", _img(0.3))
+    for where in (tmp_path, root):
+        recs = discover(where)
+        assert [(r.name, r.task, r.a.name, r.b.name, r.gt.name) for r in recs] == [
+            ("001", "mff", "001_A.png", "001_B.png", "001_F.png"), ("002", "mff", "002_A.png", "002_B.png", "002_F.png")]
+    shared = tmp_path / "mine"
+    for side in ("A", "B"):
+        for n in ("left_b", "right_b"):
+            write_image(shared / side / f"{n}.png", _img(0.5))
+    assert [r.name for r in discover(shared, task="vif")] == ["left_b", "right_b"]
+
+
 def test_pair_ids_carry_the_layout_folder_where_a_root_holds_several(tmp_path):
     """Pairs of the same name in two datasets get distinct ids (`mmaif fuse --dataset` writes <out>/<id>.png)."""
     write_image(tmp_path / "vif" / "TNO" / "vi" / "s1.png", _img(0.5))

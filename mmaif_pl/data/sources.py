@@ -8,7 +8,8 @@ Layouts (found automatically from a root folder, or named with `layout=`):
               suffix and extension in any letter case. MEF pairs are put darker-first at load time.
 - `sequence`  SICE: `<n>/*.JPG` exposure stacks with `Label/<n>.*` ground truth; the darkest and the
               brightest frame form the pair.
-- `generic`   `A/` + `B/` (+ `gt/`): what `mmaif data build` writes.
+- `generic`   `A/` + `B/` (+ `gt/`): what `mmaif data build` writes; or RealMFF's `imageA/<n>_A.*` +
+              `imageB/<n>_B.*` (+ `Fusion/<n>_F.*`).
 
 A root that is none of these is searched (three levels deep) for folders that are, so `discover("data")`
 finds every task and split of the embedded default. The task comes from `task=` or from a folder name on
@@ -40,6 +41,10 @@ _TASK_HINTS = {
 _IR_NAMES = ("ir", "infrared")
 _VI_NAMES = ("vi", "vis", "visible")
 _GT_NAMES = ("gt", "fused", "label", "groundtruth")
+# the generic layout's folders, and RealMFF's (imageA/001_A.png, imageB/001_B.png, Fusion/001_F.png)
+_A_NAMES, _B_NAMES, _GENERIC_GT_NAMES = ("a", "imagea"), ("b", "imageb"), _GT_NAMES + ("fusion",)
+_SIDE_SUFFIX = {side: re.compile(rf"[_-]({suffix})$", re.IGNORECASE)
+                for side, suffix in (("a", "a"), ("b", "b"), ("gt", "gt|f"))}
 _AB_SUFFIX = re.compile(r"^(?P<stem>.+?)[_-](?P<side>[ab])$", re.IGNORECASE)
 
 
@@ -91,7 +96,7 @@ def detect_layout(root: Path) -> Optional[str]:
     dirs = _child_dirs(root)
     if any(n in dirs for n in _IR_NAMES) and any(n in dirs for n in _VI_NAMES):
         return "ir_vi"
-    if "a" in dirs and "b" in dirs:
+    if _pick(dirs, _A_NAMES) and _pick(dirs, _B_NAMES):
         return "generic"
     if "label" in dirs and any(n.isdigit() for n in dirs):
         return "sequence"
@@ -143,12 +148,19 @@ def _ir_vi(root: Path, task: str, split: Optional[str]) -> list[PairRecord]:
 
 def _generic(root: Path, task: str, split: Optional[str]) -> list[PairRecord]:
     dirs = _child_dirs(root)
-    a_s, b_s = list_images(dirs["a"]), list_images(dirs["b"])
-    gt_dir = _pick(dirs, _GT_NAMES)
+    a_s, b_s = list_images(_pick(dirs, _A_NAMES)), list_images(_pick(dirs, _B_NAMES))
+    gt_dir = _pick(dirs, _GENERIC_GT_NAMES)
     gts = list_images(gt_dir) if gt_dir is not None else {}
+    # Files named by their folder as well (RealMFF's 001_A / 001_B / 001_F) pair without those suffixes; only when
+    # every file has its side's, so that names the two folders share keep pairing as they are
+    suffixed = all(_SIDE_SUFFIX["a"].search(k) for k in a_s) and all(_SIDE_SUFFIX["b"].search(k) for k in b_s)
+    if suffixed:
+        a_s, b_s, gts = ({_SIDE_SUFFIX[side].sub("", k): v for k, v in files.items()}
+                         for side, files in (("a", a_s), ("b", b_s), ("gt", gts)))
     _warn_unmatched(root, [a_s[k].name for k in a_s.keys() - b_s.keys()] + [b_s[k].name for k in b_s.keys() - a_s.keys()])
     return [
-        PairRecord(name=a_s[k].stem, task=task, a=a_s[k], b=b_s[k], gt=gts.get(k), dataset=dataset_name(root))
+        PairRecord(name=_SIDE_SUFFIX["a"].sub("", a_s[k].stem) if suffixed else a_s[k].stem, task=task, a=a_s[k],
+                   b=b_s[k], gt=gts.get(k), dataset=dataset_name(root))
         for k in sorted(a_s.keys() & b_s.keys())
     ]
 
