@@ -95,6 +95,22 @@ def test_realmff_layout_pairs_its_suffixed_files_and_reads_fusion_as_ground_trut
     assert [r.name for r in discover(shared, task="vif")] == ["left_b", "right_b"]
 
 
+def test_two_folder_copies_of_mef_and_mff_sets_and_mfi_whu(tmp_path):
+    """UNDER/ + OVER/ (MEF) and NEAR/ + FAR/ (MFF), in any letter case, and MFI-WHU's source_1/ + source_2/ with its
+    full_clear/ ground truth: a and b as the folders say, the task from their names where the path does not tell."""
+    for folder, a_name, b_name in (("MEF-SICE", "under", "over"), ("MFF-Lytro", "NEAR", "FAR"),
+                                   ("MFF-WHU", "source_1", "source_2")):
+        write_image(tmp_path / folder / a_name / "1.png", _img(0.2))
+        write_image(tmp_path / folder / b_name / "1.png", _img(0.6))
+    write_image(tmp_path / "MFF-WHU" / "full_clear" / "1.png", _img(0.4))
+    recs = {r.group: r for r in discover(tmp_path)}
+    assert {g: (r.task, r.a.parent.name, r.b.parent.name) for g, r in recs.items()} == {
+        "MEF-SICE": ("mef", "under", "over"), "MFF-Lytro": ("mff", "NEAR", "FAR"),
+        "MFF-WHU": ("mff", "source_1", "source_2")}
+    assert recs["MFF-WHU"].gt.parent.name == "full_clear" and recs["MEF-SICE"].gt is None
+    assert not recs["MEF-SICE"].order_by_luminance  # the folders state the order
+
+
 def test_pair_ids_carry_the_layout_folder_where_a_root_holds_several(tmp_path):
     """Pairs of the same name in two datasets get distinct ids (`mmaif fuse --dataset` writes <out>/<id>.png)."""
     write_image(tmp_path / "vif" / "TNO" / "vi" / "s1.png", _img(0.5))

@@ -8,8 +8,9 @@ Layouts (found automatically from a root folder, or named with `layout=`):
               suffix and extension in any letter case. MEF pairs are put darker-first at load time.
 - `sequence`  SICE: `<n>/*.JPG` exposure stacks with `Label/<n>.*` ground truth; the darkest and the
               brightest frame form the pair.
-- `generic`   `A/` + `B/` (+ `gt/`): what `mmaif data build` writes; or RealMFF's `imageA/<n>_A.*` +
-              `imageB/<n>_B.*` (+ `Fusion/<n>_F.*`).
+- `generic`   `A/` + `B/` (+ `gt/`): what `mmaif data build` writes; RealMFF's `imageA/<n>_A.*` +
+              `imageB/<n>_B.*` (+ `Fusion/<n>_F.*`); two-folder copies `UNDER/` + `OVER/` (MEF) and `NEAR/` +
+              `FAR/` (MFF); MFI-WHU's `source_1/` + `source_2/` (+ `full_clear/`).
 
 A root that is none of these is searched (three levels deep) for folders that are, so `discover("data")`
 finds every task and split of the embedded default. The task comes from `task=` or from a folder name on
@@ -41,8 +42,12 @@ _TASK_HINTS = {
 _IR_NAMES = ("ir", "infrared")
 _VI_NAMES = ("vi", "vis", "visible")
 _GT_NAMES = ("gt", "fused", "label", "groundtruth")
-# the generic layout's folders, and RealMFF's (imageA/001_A.png, imageB/001_B.png, Fusion/001_F.png)
-_A_NAMES, _B_NAMES, _GENERIC_GT_NAMES = ("a", "imagea"), ("b", "imageb"), _GT_NAMES + ("fusion",)
+# The generic layout's two source folders (a, b, the task they imply): A/ + B/; RealMFF's imageA/001_A.png +
+# imageB/001_B.png (+ Fusion/001_F.png); two-folder copies of MEF and MFF sets (UNDER/ + OVER/, NEAR/ + FAR/);
+# MFI-WHU's source_1/ + source_2/ (+ full_clear/)
+_SIDE_FOLDERS = (("a", "b", None), ("imagea", "imageb", None), ("under", "over", "mef"), ("near", "far", "mff"),
+                 ("source_1", "source_2", "mff"))
+_GENERIC_GT_NAMES = _GT_NAMES + ("fusion", "full_clear")
 _SIDE_SUFFIX = {side: re.compile(rf"[_-]({suffix})$", re.IGNORECASE)
                 for side, suffix in (("a", "a"), ("b", "b"), ("gt", "gt|f"))}
 _AB_SUFFIX = re.compile(r"^(?P<stem>.+?)[_-](?P<side>[ab])$", re.IGNORECASE)
@@ -96,7 +101,7 @@ def detect_layout(root: Path) -> Optional[str]:
     dirs = _child_dirs(root)
     if any(n in dirs for n in _IR_NAMES) and any(n in dirs for n in _VI_NAMES):
         return "ir_vi"
-    if _pick(dirs, _A_NAMES) and _pick(dirs, _B_NAMES):
+    if _side_folders(dirs):
         return "generic"
     if "label" in dirs and any(n.isdigit() for n in dirs):
         return "sequence"
@@ -146,9 +151,21 @@ def _ir_vi(root: Path, task: str, split: Optional[str]) -> list[PairRecord]:
     ]
 
 
+def _side_folders(dirs: dict[str, Path]) -> Optional[tuple[Path, Path, Optional[str]]]:
+    """The generic layout's source folders a and b, and the task their names imply, if `dirs` has a pair."""
+    return next(((dirs[a], dirs[b], task) for a, b, task in _SIDE_FOLDERS if a in dirs and b in dirs), None)
+
+
+def _implied_task(root: Path) -> Optional[str]:
+    """The task the generic layout's folder names imply (UNDER/ + OVER/: mef), if any."""
+    sides = _side_folders(_child_dirs(root))
+    return sides[2] if sides else None
+
+
 def _generic(root: Path, task: str, split: Optional[str]) -> list[PairRecord]:
     dirs = _child_dirs(root)
-    a_s, b_s = list_images(_pick(dirs, _A_NAMES)), list_images(_pick(dirs, _B_NAMES))
+    a_dir, b_dir, _ = _side_folders(dirs)
+    a_s, b_s = list_images(a_dir), list_images(b_dir)
     gt_dir = _pick(dirs, _GENERIC_GT_NAMES)
     gts = list_images(gt_dir) if gt_dir is not None else {}
     # Files named by their folder as well (RealMFF's 001_A / 001_B / 001_F) pair without those suffixes; only when
@@ -271,7 +288,7 @@ def discover(
         roots = in_split or roots
     records: list[PairRecord] = []
     for r in roots:
-        r_task = task or infer_task(r)
+        r_task = task or infer_task(r) or _implied_task(r)
         if r_task is None:
             raise UserError(f"{r}: cannot tell the task from the folder names; pass --task vif|mef|mff")
         found = _ADAPTERS[layout or detect_layout(r)](r, r_task, split)  # type: ignore[index]
