@@ -203,6 +203,28 @@ class NotPlainData:  # an object a plain-data checkpoint cannot hold
     pass
 
 
+def test_train_without_a_validation_split_stops_before_building_anything(tmp_path, monkeypatch):
+    """No prepared split to validate on (data.val_fraction 0): the error comes before the codec and the model are
+    built (it came after them and the model summary, once Lightning asked for the validation loader), and the run
+    folder is not made; validation off (as the throughput benchmark runs) needs no split."""
+    from mmaif_pl.lit import commands
+
+    def codec_built(*args, **kwargs):
+        raise AssertionError("the codec was built")
+
+    monkeypatch.setattr(commands, "prepare_codec", codec_built)
+    cfg = cfg_for(tmp_path, "train.name=noval", f"data.prepared={tmp_path / 'nowhere'}")
+    with pytest.raises(UserError, match=r"nowhere/val/index.json not found: run `mmaif data prepare`, or set "
+                                        r"data.val_fraction > 0"):
+        run_training(cfg, trainer_kwargs=QUIET, log=lambda *_: None)
+    assert not (tmp_path / "noval").exists()
+    with pytest.raises(AssertionError, match="the codec was built"):  # past the check
+        run_training(cfg, trainer_kwargs={**QUIET, "limit_val_batches": 0}, log=lambda *_: None)
+    with pytest.raises(AssertionError, match="the codec was built"):
+        run_training(cfg_for(tmp_path, "train.name=drawn", f"data.prepared={tmp_path / 'nowhere'}",
+                             "data.val_fraction=0.1"), trainer_kwargs=QUIET, log=lambda *_: None)
+
+
 def test_read_checkpoint_names_what_is_wrong_with_a_file(tmp_path):
     """Checkpoints load with weights_only=True. A file that is not one, a truncated copy, one holding arbitrary
     objects and a plain-data file of another program are each refused with a one-line UserError naming the file

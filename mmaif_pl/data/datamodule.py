@@ -407,13 +407,17 @@ class FusionDataModule(L.LightningDataModule):
                 n = max(1, round(float(self.cfg.data.val_fraction) * int(self.cfg.data.samples_per_epoch)))
                 self.val_set = FusionDataset(self.cfg, groups, length=n, stream=STREAM_VAL)
             else:
-                val_dir = Path(self.cfg.data.prepared) / "val"
-                if not (val_dir / "index.json").is_file():
-                    raise UserError(f"{val_dir}/index.json not found: run `mmaif data prepare`, "
-                                    "or set data.val_fraction > 0 to validate on samples drawn on the fly")
-                self.val_set = PreparedDataset(val_dir)
+                self.check_validation_split()
+                self.val_set = PreparedDataset(Path(self.cfg.data.prepared) / "val")
         if stage in (None, "test") and self.test_set is None:
             self.test_set = PreparedDataset(Path(self.cfg.data.prepared) / "test")
+
+    def check_validation_split(self) -> None:
+        """A UserError where validation would read a prepared split that is not there (data.val_fraction 0)."""
+        val_dir = Path(self.cfg.data.prepared) / "val"
+        if float(self.cfg.data.val_fraction) == 0 and not (val_dir / "index.json").is_file():
+            raise UserError(f"{val_dir}/index.json not found: run `mmaif data prepare`, "
+                            "or set data.val_fraction > 0 to validate on samples drawn on the fly")
 
     def _loader(self, dataset: Dataset, batch_size: int, sampler=None, kind=WorkerLoader) -> DataLoader:
         workers = int(self.cfg.data.num_workers)

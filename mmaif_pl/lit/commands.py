@@ -219,6 +219,8 @@ def run_training(cfg, resume: str | None = None, datamodule=None, trainer_kwargs
         _check_new_run(run_dir)
     trainer = _trainer(cfg, run_dir, strategy, trainer_kwargs)  # Lightning checks its settings: before any write
     dm = datamodule if datamodule is not None else _datamodule(cfg, train_keys=FusionModule.training_image_keys(cfg))
+    if trainer.limit_val_batches and hasattr(dm, "check_validation_split"):
+        dm.check_validation_split()  # now, not once the codec and the model are built
     train_loader = None
     if datamodule is not None:
         datamodule.setup("fit")
