@@ -18,7 +18,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -376,7 +375,7 @@ def prepared_jobs(split_dir: Path) -> list[tuple[PairRecord, Sequence[Record]]]:
 def dataset_jobs(root: Path, task: Optional[str] = None, split: Optional[str] = None
                  ) -> list[tuple[PairRecord, Sequence[Record]]]:
     """Every pair of a benchmark in its native layout, with no degradation records: there is nothing to restore by."""
-    return [(replace(rec, gt=None), []) for rec in discover(root, task=task, split=split)]
+    return [(rec, []) for rec in discover(root, task=task, split=split)]
 
 
 def run_jobs(jobs: list[tuple[PairRecord, Sequence[Record]]], out_dir: Path, fusion: str = "auto",
@@ -384,7 +383,7 @@ def run_jobs(jobs: list[tuple[PairRecord, Sequence[Record]]], out_dir: Path, fus
     """Restore and fuse each pair; writes `<out_dir>/<pair_id>.png`, what `mmaif evaluate` reads."""
     tty = sys.stderr.isatty()
     for k, (pair, degradations) in enumerate(jobs, 1):
-        a, b, _ = load_pair(pair)
+        a, b, _ = load_pair(pair, with_gt=False)
         fused = restore_and_fuse(a, b, pair.task, degradations, fusion, restore)
         write_image(out_dir / f"{pair.pair_id}.png", fused)
         if progress and (tty or k == len(jobs) or k % max(1, len(jobs) // 10) == 0):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -279,7 +278,7 @@ def _jobs(args) -> list[tuple[PairRecord, str, Path]]:
     if args.dataset:
         # a benchmark in its native layout (docs/data.md); MEF pairs darker first, as in training
         records = discover(args.dataset, task=args.task, split=args.split)
-        return [(replace(r, gt=None), prompt, out / f"{r.pair_id}.png") for r in records]
+        return [(r, prompt, out / f"{r.pair_id}.png") for r in records]
     if not (args.a and args.b):
         raise UserError("give --a and --b (two images or two folders), --prepared SPLIT_DIR or --dataset ROOT")
     a, b = Path(args.a), Path(args.b)
@@ -321,7 +320,7 @@ def cmd_fuse(args) -> int:
                   codec_bf16=args.codec_bf16, bf16_dit=args.bf16_dit)
     start = time.perf_counter()
     for i, (pair, prompt, dest) in enumerate(jobs, 1):
-        a, b, _ = load_pair(pair)
+        a, b, _ = load_pair(pair, with_gt=False)
         write_image(dest, fuser(a, b, prompt))
         if sys.stderr.isatty():
             print(f"\rfused {i}/{len(jobs)} {pair.pair_id}", end="\n" if i == len(jobs) else "", file=sys.stderr,

@@ -48,9 +48,8 @@ _GT_NAMES = ("gt", "fused", "label", "groundtruth")
 _SIDE_FOLDERS = (("a", "b", None), ("imagea", "imageb", None), ("under", "over", "mef"), ("near", "far", "mff"),
                  ("source_1", "source_2", "mff"))
 _GENERIC_GT_NAMES = _GT_NAMES + ("fusion", "full_clear")
-_SIDE_SUFFIX = {side: re.compile(rf"[_-]({suffix})$", re.IGNORECASE)
-                for side, suffix in (("a", "a"), ("b", "b"), ("gt", "gt|f"))}
 _AB_SUFFIX = re.compile(r"^(?P<stem>.+?)[_-](?P<side>[ab])$", re.IGNORECASE)
+_GT_SUFFIX = re.compile(r"^(?P<stem>.+?)(?:[_-]gt|_f)$", re.IGNORECASE)  # <stem>_gt, <stem>-gt, <stem>_F
 
 
 @dataclass(frozen=True)
@@ -170,16 +169,29 @@ def _generic(root: Path, task: str, split: Optional[str]) -> list[PairRecord]:
     gts = list_images(gt_dir) if gt_dir is not None else {}
     # Files named by their folder as well (RealMFF's 001_A / 001_B / 001_F) pair without those suffixes; only when
     # every file has its side's, so that names the two folders share keep pairing as they are
-    suffixed = all(_SIDE_SUFFIX["a"].search(k) for k in a_s) and all(_SIDE_SUFFIX["b"].search(k) for k in b_s)
+    stems_a, stems_b = ({k: _side_stem(k, side) for k in files} for side, files in (("a", a_s), ("b", b_s)))
+    suffixed = None not in stems_a.values() and None not in stems_b.values()
     if suffixed:
-        a_s, b_s, gts = ({_SIDE_SUFFIX[side].sub("", k): v for k, v in files.items()}
-                         for side, files in (("a", a_s), ("b", b_s), ("gt", gts)))
+        a_s, b_s = ({stems[k]: v for k, v in files.items()} for stems, files in ((stems_a, a_s), (stems_b, b_s)))
+        gts = {_gt_stem(k) or k: v for k, v in gts.items()}
     _warn_unmatched(root, [a_s[k].name for k in a_s.keys() - b_s.keys()] + [b_s[k].name for k in b_s.keys() - a_s.keys()])
     return [
-        PairRecord(name=_SIDE_SUFFIX["a"].sub("", a_s[k].stem) if suffixed else a_s[k].stem, task=task, a=a_s[k],
-                   b=b_s[k], gt=gts.get(k), dataset=dataset_name(root))
+        PairRecord(name=a_s[k].stem[:-2] if suffixed else a_s[k].stem, task=task, a=a_s[k], b=b_s[k], gt=gts.get(k),
+                   dataset=dataset_name(root))
         for k in sorted(a_s.keys() & b_s.keys())
     ]
+
+
+def _side_stem(key: str, side: str) -> Optional[str]:
+    """`key`'s stem if it ends in `side`'s suffix (`001_a` -> `001` for "a"), else None."""
+    m = _AB_SUFFIX.match(key)
+    return m["stem"] if m and m["side"].lower() == side else None
+
+
+def _gt_stem(key: str) -> Optional[str]:
+    """`key`'s stem if it names a ground truth (`001_f`, `sky_gt` -> `001`, `sky`), else None."""
+    m = _GT_SUFFIX.match(key)
+    return m["stem"] if m else None
 
 
 def _ab_in(folder: Path) -> tuple[dict[str, dict[str, Path]], list[str]]:
@@ -215,7 +227,7 @@ def _scene_ab(root: Path, task: str, split: Optional[str]) -> list[PairRecord]:
         for stem, sides in sorted(groups.items()):
             if "a" in sides and "b" in sides:
                 name = folder.name if scene else sides["a"].stem[:-2]
-                gt = next((p for k, p in gt_candidates.items() if k in (f"{stem}_gt", f"{stem}_f", f"{stem}-gt")), None)
+                gt = next((p for k, p in gt_candidates.items() if _gt_stem(k) == stem), None)
                 records.append(
                     PairRecord(name=name, task=task, a=sides["a"], b=sides["b"], gt=gt, dataset=dataset_name(root),
                                order_by_luminance=(task == "mef"))
@@ -303,12 +315,13 @@ def discover(
     return records
 
 
-def load_pair(rec: PairRecord) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
-    """Read a pair (and its ground truth) as HxWx3 float32; sources of different sizes are an error."""
+def load_pair(rec: PairRecord, with_gt: bool = True) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """Read a pair (and its ground truth, unless `with_gt` is False: fusing needs the sources only) as HxWx3
+    float32; sources of different sizes are an error."""
     a, b = read_image(rec.a), read_image(rec.b)
     if a.shape != b.shape:
         raise UserError(f"size mismatch: {rec.a} is {a.shape[1]}x{a.shape[0]} but {rec.b} is {b.shape[1]}x{b.shape[0]}")
-    gt = read_image(rec.gt) if rec.gt is not None else None
+    gt = read_image(rec.gt) if rec.gt is not None and with_gt else None
     if gt is not None and gt.shape != a.shape:
         raise UserError(f"size mismatch: ground truth {rec.gt} is {gt.shape[1]}x{gt.shape[0]}, sources are {a.shape[1]}x{a.shape[0]}")
     if rec.order_by_luminance and a.mean() > b.mean():
