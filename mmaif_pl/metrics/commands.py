@@ -320,21 +320,21 @@ def run(args: argparse.Namespace) -> int:
         if args.a or args.b or args.target:
             raise UserError("--prepared replaces --a/--b/--target; give one or the other")
         items = prepared_items(args.prepared, args.fused, args.sources)
-        inputs = {"prepared": args.prepared, "fused": args.fused, "sources": args.sources}
+        mode, inputs = "prepared", {"prepared": args.prepared, "fused": args.fused, "sources": args.sources}
     elif args.dataset:
         if args.a or args.b or args.target:
             raise UserError("--dataset replaces --a/--b/--target (its ground truth is found with its pairs); "
                             "give one or the other")
         items = dataset_items(args.dataset, args.task, args.split, args.fused)
-        inputs = {"dataset": args.dataset, "task": args.task, "split": args.split, "fused": args.fused}
+        mode, inputs = "dataset", {"dataset": args.dataset, "task": args.task, "split": args.split, "fused": args.fused}
     else:
         if not (args.task and args.a and args.b):
             raise UserError("give --task, --a and --b (folder mode), --prepared SPLIT_DIR or --dataset ROOT")
         items = folder_items(args.task, args.a, args.b, args.fused, args.target)
-        inputs = {"task": args.task, "a": args.a, "b": args.b, "fused": args.fused, "target": args.target}
+        mode, inputs = "folders", {"task": args.task, "a": args.a, "b": args.b, "fused": args.fused,
+                                   "target": args.target}
     print(f"evaluating {len(items)} image(s) with profile '{args.profile}'", file=sys.stderr)
     start = time.time()
-    mode = "prepared" if args.prepared else "dataset" if args.dataset else "folders"
     result, rows, names = evaluate(items, args.profile, mode, inputs, args.device,
                                    grid_period=args.grid_period)
     print(format_table(result, names))
