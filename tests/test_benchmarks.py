@@ -348,3 +348,10 @@ def test_prompt_cache_counts_distinct_prompts_and_hit_rates(tmp_path):
     rates = res["hit_rate"]
     assert 0 < rates["64"] <= rates["1024"] <= rates["unbounded"] < 1
     assert 10_000 < res["bytes_per_entry"] < 100_000 and "bytes per cached prompt" in out
+
+
+def test_discovery_times_every_layout_and_checks_the_pairs_found(tmp_path):
+    out = run("discovery.py", "--pairs", "30", "--repeats", "1", "--json", str(tmp_path / "d.json"))
+    res = json.loads((tmp_path / "d.json").read_text())
+    assert res["pairs"] == 30 and set(res["seconds"]) == {"flat", "scenes", "ir_vi", "generic"}
+    assert all(s > 0 for s in res["seconds"].values()) and "30 pairs" in out

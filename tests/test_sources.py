@@ -69,6 +69,7 @@ def test_a_flat_dataset_inside_a_task_folder_keeps_every_pair_and_its_ground_tru
         write_image(lytro / f"{name}-B.png", _img(0.5))
     write_image(lytro / "lytro-02_gt.png", _img(0.3))
     write_image(lytro / "lytro-03_F.png", _img(0.3))  # `<stem>_F`: the other ground-truth suffix read
+    write_image(lytro / "lytro-03_gt.png", _img(0.3))  # a second one for the same stem: the first by name is kept
     for root in (tmp_path, tmp_path / "mff", lytro):
         recs = discover(root)
         assert [(r.name, r.group, r.task) for r in recs] == [(f"lytro-0{k}", "", "mff") for k in (1, 2, 3)], root

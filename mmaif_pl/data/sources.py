@@ -84,7 +84,7 @@ def dataset_name(root: Path) -> str:
 
 
 def _child_dirs(folder: Path) -> dict[str, Path]:
-    return {p.name.lower(): p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+    return {p.name.lower(): p for p in sorted(folder.iterdir(), key=lambda p: p.name) if p.is_dir() and not p.name.startswith(".")}
 
 
 def infer_task(path: Path) -> Optional[str]:
@@ -223,11 +223,15 @@ def _scene_ab(root: Path, task: str, split: Optional[str]) -> list[PairRecord]:
         scene = folder != root and _is_one_pair(groups)
         if scene:
             groups = {folder.name.lower(): {side: path for sides in groups.values() for side, path in sides.items()}}
-        gt_candidates = list_images(folder)
+        gts: dict[str, Path] = {}  # stem -> its ground truth, the first in the folder's order
+        for key, path in list_images(folder).items():
+            stem = _gt_stem(key)
+            if stem is not None:
+                gts.setdefault(stem, path)
         for stem, sides in sorted(groups.items()):
             if "a" in sides and "b" in sides:
                 name = folder.name if scene else sides["a"].stem[:-2]
-                gt = next((p for k, p in gt_candidates.items() if _gt_stem(k) == stem), None)
+                gt = gts.get(stem)
                 records.append(
                     PairRecord(name=name, task=task, a=sides["a"], b=sides["b"], gt=gt, dataset=dataset_name(root),
                                order_by_luminance=(task == "mef"))
