@@ -170,7 +170,7 @@ class PairRoPE(nn.Module):
 
     def forward(self, h: int, w: int, extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         def make():
-            cos, sin = self.rope(h, w, extra)
+            cos, sin = self.rope(h, w, extra)[:2]
             return torch.stack([cos, cos], dim=-1), torch.stack([-sin, sin], dim=-1)
 
         return _cached(self.cache, (h, w, extra, self.rope.freqs.device), make)

@@ -166,7 +166,8 @@ def test_each_switch_changes_the_parameter_set():
 
 def test_rope_scores_depend_only_on_offset():
     rope = RoPE2D(16)
-    cos, sin = rope(12, 12)
+    cos, sin, rot = rope(12, 12)
+    torch.testing.assert_close(rot, torch.complex(cos, sin), rtol=0, atol=0)
     torch.manual_seed(0)
     q, k = torch.randn(16), torch.randn(16)
 
@@ -195,13 +196,15 @@ def pairwise_rope(x, cos, sin):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
 def test_rope_is_the_pairwise_rotation_bit_for_bit_eager_and_compiled(dtype):
     """Eager apply_rope (a complex product) and its compiled form (the pairs) give the pairwise rotation's bits,
-    values and gradients, on q and k as Attention slices them from one qkv projection (with text tokens)."""
+    values and gradients, on q and k as Attention slices them from one qkv projection (with text tokens); eager
+    also with RoPE2D's complex table, made once for all blocks."""
     torch.manual_seed(0)
-    cos, sin = RoPE2D(16)(5, 6, extra=3)
+    cos, sin, rot = RoPE2D(16)(5, 6, extra=3)
     qkv = torch.randn(2, 33, 3 * 4 * 16).to(dtype)
     grads = torch.randn(2, 2, 4, 33, 16).to(dtype)
     results = []
-    for rope in (pairwise_rope, apply_rope, torch.compile(apply_rope, backend="aot_eager", fullgraph=True)):
+    for rope in (pairwise_rope, apply_rope, lambda x, c, s: apply_rope(x, c, s, rot),
+                 torch.compile(apply_rope, backend="aot_eager", fullgraph=True)):
         leaf = qkv.clone().requires_grad_(True)
         q, k, _ = leaf.unflatten(-1, (3, 4, -1)).permute(2, 0, 3, 1, 4)
         out = torch.stack([rope(q, cos, sin), rope(k, cos, sin)])

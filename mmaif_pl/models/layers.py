@@ -93,14 +93,16 @@ class RoPE2D(nn.Module):
         quarter = head_dim // 4
         self.register_buffer("freqs", 1.0 / base ** (torch.arange(quarter).float() / quarter), persistent=False)
 
-    def forward(self, h: int, w: int, extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape (h*w + extra) x head_dim/2; `extra` trailing tokens (text) are not rotated."""
+    def forward(self, h: int, w: int, extra: int = 0) -> tuple[torch.Tensor, ...]:
+        """cos, sin of shape (h*w + extra) x head_dim/2; `extra` trailing tokens (text) are not rotated. Eager, also
+        cos + i sin, the complex form apply_rope multiplies by: made here once for every block's q and k."""
         ys, xs = torch.meshgrid(torch.arange(h, device=self.freqs.device), torch.arange(w, device=self.freqs.device),
                                 indexing="ij")
         ang = torch.cat([ys.reshape(-1, 1) * self.freqs, xs.reshape(-1, 1) * self.freqs], dim=1)
         if extra:
             ang = torch.cat([ang, ang.new_zeros(extra, ang.shape[1])])
-        return ang.cos(), ang.sin()
+        cos, sin = ang.cos(), ang.sin()
+        return (cos, sin) if torch.compiler.is_compiling() else (cos, sin, torch.complex(cos, sin))
 
 
 def _as_complex(pairs: torch.Tensor) -> torch.Tensor:
@@ -125,21 +127,22 @@ class ComplexRotation(torch.autograd.Function):
         return torch.view_as_real(_as_complex(grad) * rot.conj()), None
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               rot: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Rotate consecutive channel pairs (x1, x2) of x (B x H x N x hd) by the angles behind cos/sin (N x hd/2):
 
         (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos),   in float32, i.e. (x1 + i x2) (cos + i sin).
 
-    Eager, as that complex product (ComplexRotation): one kernel forward and one backward where the pairwise form
-    takes nine and more, with the same float32 products and sums, so the same bits (tests/test_dit.py). Under
-    torch.compile, the pairwise form: inductor fuses it into one kernel, and has no code generation for complex
-    tensors."""
+    Eager, as that complex product (ComplexRotation) by `rot` = cos + i sin (RoPE2D's, else made here): one kernel
+    forward and one backward where the pairwise form takes nine and more, with the same float32 products and sums,
+    so the same bits (tests/test_dit.py). Under torch.compile, the pairwise form: inductor fuses it into one kernel,
+    and has no code generation for complex tensors."""
     pairs = x.float().unflatten(-1, (-1, 2))
     if torch.compiler.is_compiling():
         x1, x2 = pairs.unbind(-1)
         out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
     else:
-        out = ComplexRotation.apply(pairs, torch.complex(cos, sin))
+        out = ComplexRotation.apply(pairs, torch.complex(cos, sin) if rot is None else rot)
     return out.flatten(-2).type_as(x)
 
 
@@ -218,7 +221,7 @@ class Attention(nn.Module):
         eta = torch.sigmoid(self.eta_logit)
         return (1 - eta) * v + eta * v_prev
 
-    def forward(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    def forward(self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, ...]] = None,
                 v_prev: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None):
         q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)  # each B x H x N x hd
         if rope is not None:
