@@ -243,6 +243,36 @@ def test_prepare_and_read_back(embedded_data, tmp_path, capsys):
     assert a.shape[0] % 8 == 0 and a.shape[1] % 8 == 0
 
 
+def test_prepare_draws_the_splits_from_the_configured_datasets(embedded_data, tmp_path, capsys):
+    """With data.datasets set, the frozen splits come from those datasets, test pairs from their test split and
+    validation pairs from their training split (they came from data.root whatever training read); --root still
+    picks one folder; --task goes with --root; a missing root is named and nothing is written."""
+    from mmaif_pl.cli import main
+
+    out = tmp_path / "prepared"
+    entries = f"data.datasets=[{{root: '{embedded_data / 'vif'}'}}, {{root: '{embedded_data / 'mef'}', task: mef}}]"
+    small = ["data.test_per_operator=1", "data.test_combos=1", "data.val_samples=2"]
+    args = ["data", "prepare", f"data.root={tmp_path / 'absent'}", entries, *small, "--out", str(out)]
+    assert main(args) == 0
+    assert f"from {embedded_data / 'vif'}, {embedded_data / 'mef'} ..." in capsys.readouterr().err
+    for split, names in (("val", "_train_"), ("test", "_test_")):
+        samples = json.loads((out / split / "index.json").read_text())["samples"]
+        assert {s["task"] for s in samples} == {"vif", "mef"}, split
+        assert all(names in s["source_name"] for s in samples), split
+
+    assert main(["data", "prepare", entries, *small, "--root", str(embedded_data / "mff"), "--splits", "test",
+                 "--out", str(out)]) == 0
+    assert {s["task"] for s in json.loads((out / "test" / "index.json").read_text())["samples"]} == {"mff"}
+
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["data", "prepare", entries, "--task", "mef", "--out", str(out)]) == 1
+    assert "--task goes with --root" in capsys.readouterr().err
+    missing = f"data.datasets=[{{root: '{embedded_data / 'vif'}'}}, {{root: '{tmp_path / 'nowhere'}'}}]"
+    assert main(["data", "prepare", missing, "--out", str(tmp_path / "other")]) == 1
+    assert f"dataset folder {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == written
+
+
 def test_preview_writes_a_grid(embedded_data, tmp_path, capsys):
     from PIL import Image
 

@@ -10,6 +10,8 @@ read per task, per degradation and per number of coexisting degradations, at mil
 
 The validation split is smaller: `data.val_samples` per task, drawn with the training policy from the
 root's validation pairs (its training pairs when it has no validation split, never its test pairs).
+The pairs come from the datasets training reads (`data.datasets`, else the embedded default under `data.root`),
+or from `--root`.
 
 Test targets are the dataset's ground truth or null (real pairs have none; the teacher is not truth);
 validation targets fall back to the teacher's fusion so a validation loss exists. Images are centre-cropped
@@ -32,7 +34,7 @@ import numpy as np
 
 from ..errors import UserError
 from . import teacher
-from .datamodule import model_multiple
+from .datamodule import _plain, model_multiple
 from .degrade import SEVERITIES
 from .io import write_image
 from .policy import MIXED, TASK_OPERATORS, TASKS, DegradePolicy, apply_records, draw_names
@@ -44,13 +46,14 @@ SPLIT_CODES = {"val": 0, "test": 1}
 TEST_SEVERITIES = ("mild", "heavy")
 
 
-def _split_pairs(root: Path, task: Optional[str], split: str) -> list[PairRecord]:
+def _split_pairs(root: Path, task: Optional[str], split: str, layout: Optional[str] = None,
+                 train_split: Optional[str] = "train") -> list[PairRecord]:
     """Pairs of `split` under root. A root without split structure gives all its pairs for test; for val it
-    gives the train pairs if the root has a train split, else all pairs (then val and test share images)."""
-    everything = discover(root, task=task)
-    for name in ([split] if split == "test" else [split, "train"]):
+    gives the `train_split` pairs if the root has such a split, else all pairs (then val and test share images)."""
+    everything = discover(root, task=task, layout=layout)
+    for name in ([split] if split == "test" else [split, train_split or "train"]):
         try:
-            recs = discover(root, task=task, split=name)
+            recs = discover(root, task=task, layout=layout, split=name)
         except UserError:
             continue
         in_split = [r for r in recs if name in [p.lower() for p in r.a.relative_to(root).parts]]
@@ -156,15 +159,30 @@ def _write_split(split: str, cfg: Any, folder: Path, by_task: dict[str, list[Pai
     return len(samples)
 
 
+def split_sources(cfg: Any, root: Optional[str | Path] = None, task: Optional[str] = None) -> list[dict]:
+    """The datasets the splits are drawn from, as data.datasets entries (root, task, layout, split): `root` if
+    given, else the training sources of `data.datasets`, else the embedded default under `data.root`. Each
+    root must exist."""
+    configured = list(_plain(cfg.data.datasets) or [])
+    if root is not None or not configured:
+        entries = [{"root": str(root or cfg.data.root), "task": task}]
+    elif task is not None:
+        raise UserError("--task goes with --root; the entries of data.datasets name their own task")
+    else:
+        entries = configured
+    for e in entries:
+        if not Path(e["root"]).exists():
+            hint = " (build the embedded default with `mmaif data build --out data`)" if e["root"] == "data" else ""
+            raise UserError(f"dataset folder {e['root']} does not exist{hint}")
+    return entries
+
+
 def prepare(cfg: Any, out: str | Path, root: Optional[str | Path] = None, task: Optional[str] = None,
             splits: Sequence[str] = ("val", "test"), log: Callable[[str], None] = print) -> dict:
-    """Write the prepared `splits` under `out`; returns {split: sample count}."""
+    """Write the prepared `splits` under `out`, drawn from `split_sources`; returns {split: sample count}."""
     DegradePolicy.from_config(cfg.degrade)  # config errors before any work
     check_prompt_config(cfg.prompts)
-    root = Path(root or cfg.data.root)
-    if not root.exists():
-        hint = " (build the embedded default with `mmaif data build --out data`)" if str(root) == "data" else ""
-        raise UserError(f"dataset folder {root} does not exist{hint}")
+    sources = split_sources(cfg, root, task)
     for split in splits:
         if split not in SPLIT_CODES:
             raise UserError(f"unknown split '{split}'; valid: {', '.join(SPLIT_CODES)}")
@@ -175,8 +193,9 @@ def prepare(cfg: Any, out: str | Path, root: Optional[str | Path] = None, task: 
     try:
         for split in splits:
             by_task: dict[str, list[PairRecord]] = {}
-            for rec in _split_pairs(root, task, split):
-                by_task.setdefault(rec.task, []).append(rec)
+            for e in sources:
+                for rec in _split_pairs(Path(e["root"]), e.get("task"), split, e.get("layout"), e.get("split")):
+                    by_task.setdefault(rec.task, []).append(rec)
             counts[split] = _write_split(split, cfg, tmp / split, dict(sorted(by_task.items())), log)
         for split in splits:  # swap each finished split into place
             old = out / split
@@ -196,7 +215,8 @@ def _run(args: argparse.Namespace) -> int:
     out = args.out or cfg.data.prepared
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     start = time.perf_counter()
-    print(f"preparing {', '.join(splits)} from {args.root or cfg.data.root} ...", file=sys.stderr)
+    roots = ", ".join(e["root"] for e in split_sources(cfg, args.root, args.task))
+    print(f"preparing {', '.join(splits)} from {roots} ...", file=sys.stderr)
     counts = prepare(cfg, out, args.root, args.task, splits, log=lambda m: print(m, file=sys.stderr))
     done = " and ".join(f"{s} ({n} samples)" for s, n in counts.items())
     print(f"wrote {done} to {out}/ in {time.perf_counter() - start:.1f} s")
@@ -212,7 +232,8 @@ def add_prepare_parser(data_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-c", "--config", action="append", default=[], help="config file(s), merged left to right")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. data.seed=1)")
     p.add_argument("--out", help="output folder (default: data.prepared)")
-    p.add_argument("--root", help="dataset root (default: data.root); any folder the adapters read")
-    p.add_argument("--task", choices=TASKS, help="task of the root (default: from the folder names)")
+    p.add_argument("--root", help="dataset root (default: the roots of data.datasets, else data.root); any folder "
+                                  "the adapters read")
+    p.add_argument("--task", choices=TASKS, help="task of --root (default: from the folder names)")
     p.add_argument("--splits", default="val,test", help="comma-separated splits to write (default: val,test)")
     p.set_defaults(func=_run)
