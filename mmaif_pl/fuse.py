@@ -5,8 +5,10 @@ the model's multiple, cropped back). A larger one is cut into overlapping pixel 
 blended with a feathered (linear ramp) window, so memory stays flat and no seam shows. Nothing is ever
 resized.
 
-Colour: `model` keeps the model's RGB; `source-a` keeps the fused luminance and takes the chroma of
-source a (the visible image in VIF), the convention of most VIF papers.
+Colour: `model` keeps the model's RGB, except where neither source has any colour (gray pairs, as TNO's): the
+fused image is then its luminance, gray too, instead of the faint tint a model trained on colour leaves; `source-a`
+keeps the fused luminance and takes the chroma of source a (the visible image in VIF), the convention of most VIF
+papers.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from .data.color import luma
 from .data.io import list_images, write_image
 from .data.sources import TASKS, PairRecord, discover, load_pair
 from .errors import UserError
@@ -62,6 +65,16 @@ def fuse_tiled(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], a: torc
             acc[y:y + th, x:x + tw] += out * window
             weight[y:y + th, x:x + tw] += window
     return acc / weight
+
+
+def is_gray(img: np.ndarray) -> bool:
+    """True if every pixel of an HxWx3 image has R = G = B (a gray file read as RGB)."""
+    return bool((img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all())
+
+
+def gray_of(fused: np.ndarray) -> np.ndarray:
+    """The BT.601 luminance of an HxWx3 image, in all three channels."""
+    return np.repeat(luma(fused)[..., None], 3, axis=2)
 
 
 def keep_chroma_of(fused: np.ndarray, source: np.ndarray) -> np.ndarray:
@@ -245,7 +258,9 @@ class Fuser:
             raise UserError(f"sources differ in size: {a.shape[1]}x{a.shape[0]} vs {b.shape[1]}x{b.shape[0]}")
         ta, tb = (torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device) for x in (a, b))
         fused = fuse_tiled(lambda x, y: self._fuse_one(x, y, prompt), ta, tb, self.tile, self.overlap).cpu().numpy()
-        return keep_chroma_of(fused, a) if self.color == "source-a" else fused
+        if self.color == "source-a":
+            return keep_chroma_of(fused, a)
+        return gray_of(fused) if is_gray(a) and is_gray(b) else fused
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -305,6 +320,15 @@ FAST_PATHS = ("cuda_graphs", "bf16_weights", "fused_blocks", "channels_last", "c
 
 def cmd_fuse(args) -> int:
     jobs = _jobs(args)
+    if args.skip_existing:  # outputs are written whole (temporary name, then rename): one that exists is complete
+        todo = [job for job in jobs if not job[2].exists()]
+        if len(todo) < len(jobs):
+            print(f"--skip-existing: {len(jobs) - len(todo)} of {len(jobs)} fused image(s) already in {args.out}, "
+                  f"kept", file=sys.stderr)
+        if not todo:
+            print(f"nothing to fuse: every output is in {args.out}")
+            return 0
+        jobs = todo
     if args.fast:
         if resolve_device(args.device).type == "cuda":
             for name in FAST_PATHS:
@@ -354,6 +378,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=TASKS, help="--dataset: its task, where the folder names do not tell")
     p.add_argument("--split", help="--dataset: the pairs listed in <root>/<split>.txt, or under a <split> folder")
     p.add_argument("--out", required=True, help="output .png (one pair) or folder")
+    p.add_argument("--skip-existing", action="store_true", help="leave the pairs whose output exists as they are "
+                   "(resume an interrupted run; they are not checked against this run's settings)")
     p.add_argument("--prompt", help=f"text prompt (default: the split's, else '{DEFAULT_PROMPT}')")
     p.add_argument("--steps", type=int, help="flow sampling steps (default: the checkpoint's train.sample_steps)")
     p.add_argument("--time-shift", type=float, metavar="S", help="flow: SD3 shift of the Euler schedule, > 1 "
@@ -364,7 +390,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int, default=512,
                    help="largest side fused in one pass; larger images are tiled (0: never tile)")
     p.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (feathered)")
-    p.add_argument("--color", choices=COLOR_POLICIES, default="model", help="colour policy (default: model)")
+    p.add_argument("--color", choices=COLOR_POLICIES, default="model", help="model: the model's RGB, gray where both "
+                   "sources are gray; source-a: the fused luminance with the chroma of source a (default: model)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=int, default=0, help="noise seed of the flow sampler")
     p.add_argument("--codec", help="codec folder (default: the one named in the checkpoint)")

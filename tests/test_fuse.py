@@ -253,6 +253,54 @@ def test_fuse_command_tiles_a_large_pair(tmp_path, text, capsys):
     assert not (tmp_path / "g.png").exists()
 
 
+def test_a_gray_pair_is_fused_gray_and_a_colour_source_keeps_the_models_colour(module):
+    """Where neither source has colour (TNO's gray pairs) the fused image has none: the luminance of the model's
+    output in all three channels, not the faint tint a model trained on colour leaves; with one colour source the
+    model's RGB is kept as it is."""
+    from mmaif_pl.fuse import gray_of, is_gray
+
+    a, b = photo_pair(64)
+    gray_a = gray_of(a)
+    fuser = Fuser(module, device="cpu", tile=0)
+    raw = fuser._fuse_one(torch.from_numpy(gray_a), torch.from_numpy(b), "Fuse the two images.").numpy()
+    assert not is_gray(raw)  # the model itself gives a gray pair some colour
+    out = fuser(gray_a, b, "Fuse the two images.")
+    assert is_gray(out) and np.array_equal(out, gray_of(raw))
+    np.testing.assert_allclose(out[..., 0], 0.299 * raw[..., 0] + 0.587 * raw[..., 1] + 0.114 * raw[..., 2],
+                               atol=1e-6)
+    np.testing.assert_array_equal(fuser(a, b, "Fuse the two images."),
+                                  fuser._fuse_one(torch.from_numpy(a), torch.from_numpy(b),
+                                                  "Fuse the two images.").numpy())
+
+
+def test_skip_existing_fuses_only_the_pairs_without_an_output(tmp_path, text, capsys):
+    """`--skip-existing` resumes an interrupted folder run: pairs whose output exists are left as they are (an
+    output is written whole, so one that exists is complete), the others fused; without it every pair is."""
+    from mmaif_pl.cli import main
+    from mmaif_pl.data.io import read_image, write_image
+
+    command = fuse_command_inputs(tmp_path, text)[:3]
+    a, b = photo_pair(96)
+    for k in range(3):
+        write_image(tmp_path / "A" / f"p{k}.png", np.roll(a, 8 * k, axis=1))
+        write_image(tmp_path / "B" / f"p{k}.png", b)
+    out = tmp_path / "out"
+    run = command + ["--a", str(tmp_path / "A"), "--b", str(tmp_path / "B"), "--out", str(out), "--device", "cpu"]
+    assert main(run) == 0
+    first = {k: read_image(out / f"p{k}.png") for k in range(3)}
+    (out / "p1.png").unlink()
+    write_image(out / "p2.png", np.zeros_like(a))  # stands for an output this run must not touch
+    capsys.readouterr()
+    assert main(run + ["--skip-existing"]) == 0
+    printed = capsys.readouterr()
+    assert "2 of 3 fused image(s) already in" in printed.err and "fused 1 pair(s)" in printed.out
+    np.testing.assert_array_equal(read_image(out / "p1.png"), first[1])
+    assert read_image(out / "p2.png").max() == 0
+    assert main(run + ["--skip-existing"]) == 0 and "nothing to fuse" in capsys.readouterr().out
+    assert main(run) == 0  # without the flag: every pair again
+    np.testing.assert_array_equal(read_image(out / "p2.png"), first[2])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_fuse_command_fast_on_the_gpu(tmp_path, text, capsys, monkeypatch):
     """`mmaif fuse --fast` on a GPU switches on every path of FAST_PATHS and writes the plain command's image up to
