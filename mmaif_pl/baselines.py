@@ -398,6 +398,9 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"unknown fusion rule '{args.fusion}'")
     if (args.task or args.split) and not args.dataset:
         raise UserError("--task and --split choose the pairs of a --dataset")
+    if args.no_restore and args.dataset:  # it would change nothing: say so rather than take it
+        raise UserError("--no-restore goes with --prepared: a --dataset records no degradations, so nothing is "
+                        "restored there")
     start = time.time()
     if args.dataset:
         jobs = dataset_jobs(args.dataset, args.task, args.split)
@@ -433,5 +436,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", help="--dataset: the pairs listed in <root>/<split>.txt, or under a <split> folder")
     p.add_argument("--out", type=Path, required=True, help="folder for the fused images")
     p.add_argument("--fusion", choices=FUSION_RULES, default="auto", help="fusion rule (default: auto, per task)")
-    p.add_argument("--no-restore", action="store_true", help="fuse the degraded inputs directly")
+    p.add_argument("--no-restore", action="store_true", help="--prepared: fuse the degraded inputs directly")
     p.set_defaults(func=_run)

@@ -119,6 +119,8 @@ def test_evaluate_dataset_reads_the_ground_truth_and_names_what_is_missing(tmp_p
                  "--fused", str(tmp_path / "f"), "--json", str(tmp_path / "x.json")]) == 1
     assert "--split chooses the pairs of a --dataset" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+    assert main(["baseline", "--dataset", str(root), "--out", str(tmp_path / "g"), "--no-restore"]) == 1
+    assert "--no-restore goes with --prepared" in capsys.readouterr().err and not (tmp_path / "g").exists()
 
 
 def test_fuse_dataset_refuses_other_sources_and_loose_flags(tmp_path, capsys):
