@@ -24,11 +24,15 @@ def is_image(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def sorted_entries(folder: Path) -> list[Path]:
+    """What `folder` holds, sorted by name: Path's own order, 10x faster to sort."""
+    return sorted(folder.iterdir(), key=lambda p: p.name)
+
+
 def list_images(folder: str | os.PathLike) -> dict[str, Path]:
     """Images directly in `folder`, keyed by lower-case stem (so `Sky_A.PNG` and `sky_a.png` meet)."""
-    folder = Path(folder)
     found: dict[str, Path] = {}
-    for p in sorted(folder.iterdir(), key=lambda p: p.name):  # Path's own order, 10x faster to sort
+    for p in sorted_entries(Path(folder)):
         if p.is_file() and is_image(p) and not p.name.startswith("."):
             found.setdefault(p.stem.lower(), p)
     return found

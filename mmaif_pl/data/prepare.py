@@ -186,6 +186,7 @@ def prepare(cfg: Any, out: str | Path, root: Optional[str | Path] = None, task: 
     for split in splits:
         if split not in SPLIT_CODES:
             raise UserError(f"unknown split '{split}'; valid: {', '.join(SPLIT_CODES)}")
+    log(f"preparing {', '.join(splits)} from {', '.join(e['root'] for e in sources)} ...")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -215,8 +216,6 @@ def _run(args: argparse.Namespace) -> int:
     out = args.out or cfg.data.prepared
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     start = time.perf_counter()
-    roots = ", ".join(e["root"] for e in split_sources(cfg, args.root, args.task))
-    print(f"preparing {', '.join(splits)} from {roots} ...", file=sys.stderr)
     counts = prepare(cfg, out, args.root, args.task, splits, log=lambda m: print(m, file=sys.stderr))
     done = " and ".join(f"{s} ({n} samples)" for s, n in counts.items())
     print(f"wrote {done} to {out}/ in {time.perf_counter() - start:.1f} s")

@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import UserError
-from .io import list_images, read_image
+from .io import list_images, read_image, sorted_entries
 
 TASKS = ("vif", "mef", "mff")
 LAYOUTS = ("ir_vi", "scene_ab", "sequence", "generic")
@@ -84,8 +84,7 @@ def dataset_name(root: Path) -> str:
 
 
 def _child_dirs(folder: Path) -> dict[str, Path]:
-    children = sorted(folder.iterdir(), key=lambda p: p.name)  # Path's own order, 10x faster to sort
-    return {p.name.lower(): p for p in children if p.is_dir() and not p.name.startswith(".")}
+    return {p.name.lower(): p for p in sorted_entries(folder) if p.is_dir() and not p.name.startswith(".")}
 
 
 def infer_task(path: Path) -> Optional[str]:
@@ -195,17 +194,18 @@ def _gt_stem(key: str) -> Optional[str]:
     return m["stem"] if m else None
 
 
-def _ab_in(folder: Path) -> tuple[dict[str, dict[str, Path]], list[str]]:
-    """Group `<stem>_A` / `<stem>_B` files of one folder by lower-case stem."""
+def _ab_in(folder: Path) -> tuple[dict[str, dict[str, Path]], dict[str, Path]]:
+    """Group `<stem>_A` / `<stem>_B` files of one folder by lower-case stem; the folder's other images by stem
+    (ground truths among them)."""
     groups: dict[str, dict[str, Path]] = {}
-    loose: list[str] = []
+    others: dict[str, Path] = {}
     for key, path in list_images(folder).items():
         m = _AB_SUFFIX.match(key)
         if not m:
-            loose.append(path.name)
+            others[key] = path
             continue
         groups.setdefault(m["stem"], {}).setdefault(m["side"].lower(), path)
-    return groups, loose
+    return groups, others
 
 
 def _is_one_pair(groups: dict[str, dict[str, Path]]) -> bool:
@@ -217,7 +217,7 @@ def _scene_ab(root: Path, task: str, split: Optional[str]) -> list[PairRecord]:
     records, unmatched = [], []
     folders = [root] + list(_child_dirs(root).values())
     for folder in folders:
-        groups, _ = _ab_in(folder)
+        groups, others = _ab_in(folder)
         # A scene folder holds one pair, named by the folder whatever its files' prefixes say (MEFB's
         # `Sky/sKY_a.png` with `Sky_B.png`); a folder of several pairs (the root, or a flat dataset inside it)
         # names each by its stem.
@@ -225,7 +225,7 @@ def _scene_ab(root: Path, task: str, split: Optional[str]) -> list[PairRecord]:
         if scene:
             groups = {folder.name.lower(): {side: path for sides in groups.values() for side, path in sides.items()}}
         gts: dict[str, Path] = {}  # stem -> its ground truth, the first in the folder's order
-        for key, path in list_images(folder).items():
+        for key, path in others.items():
             stem = _gt_stem(key)
             if stem is not None:
                 gts.setdefault(stem, path)
