@@ -24,7 +24,7 @@ from typing import Callable, Optional, Sequence, Union
 import cv2
 import numpy as np
 
-from .data.color import luma
+from .data.color import gray_of, is_gray, luma
 from .data.io import write_image
 from .data.sources import PairRecord, discover, load_pair
 from .errors import UserError
@@ -54,10 +54,6 @@ def _f32(img: np.ndarray) -> np.ndarray:
     return img.astype(np.float32) / 255.0
 
 
-def _is_gray(img: np.ndarray) -> bool:
-    return bool(np.abs(img[..., 0] - img[..., 1]).max() < 1e-5 and np.abs(img[..., 0] - img[..., 2]).max() < 1e-5)
-
-
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
     """He et al.'s guided filter with a gray guide: q = mean(a) I + mean(b), a = cov(I,p) / (var(I) + eps)."""
     size = (2 * radius + 1, 2 * radius + 1)
@@ -83,7 +79,7 @@ def denoise_nlm(img: np.ndarray, sigma: Optional[float] = None) -> np.ndarray:
     if sigma is None:
         sigma = estimate_noise_sigma(img)
     h = float(np.clip(sigma * 255 * 0.9, 2.0, 40.0))
-    if _is_gray(img):
+    if is_gray(img):
         out = cv2.fastNlMeansDenoising(_u8(img[..., 0]), None, h, 7, 21)
         return np.repeat(_f32(out)[..., None], 3, axis=2)
     return _f32(cv2.fastNlMeansDenoisingColored(_u8(img), None, h, h, 7, 21))
@@ -337,7 +333,7 @@ def fuse(a: np.ndarray, b: np.ndarray, task: str, rule: str = "auto") -> np.ndar
     if task == "vif" and rule != "mertens":
         ycc = cv2.cvtColor(a, cv2.COLOR_RGB2YCrCb)
         y_a = np.repeat(ycc[..., :1], 3, axis=2)
-        y_b = np.repeat(luma(b)[..., None], 3, axis=2)
+        y_b = gray_of(b)
         ycc[..., 0] = _RULES[rule](y_a, y_b)[..., 0]
         return np.clip(cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB), 0, 1)
     return _RULES[rule](a, b).astype(np.float32)

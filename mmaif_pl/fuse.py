@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .data.color import luma
+from .data.color import gray_of, is_gray
 from .data.io import list_images, write_image
 from .data.sources import TASKS, PairRecord, discover, load_pair
 from .errors import UserError
@@ -65,16 +65,6 @@ def fuse_tiled(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], a: torc
             acc[y:y + th, x:x + tw] += out * window
             weight[y:y + th, x:x + tw] += window
     return acc / weight
-
-
-def is_gray(img: np.ndarray) -> bool:
-    """True if every pixel of an HxWx3 image has R = G = B (a gray file read as RGB)."""
-    return bool((img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all())
-
-
-def gray_of(fused: np.ndarray) -> np.ndarray:
-    """The BT.601 luminance of an HxWx3 image, in all three channels."""
-    return np.repeat(luma(fused)[..., None], 3, axis=2)
 
 
 def keep_chroma_of(fused: np.ndarray, source: np.ndarray) -> np.ndarray:

@@ -257,7 +257,7 @@ def test_a_gray_pair_is_fused_gray_and_a_colour_source_keeps_the_models_colour(m
     """Where neither source has colour (TNO's gray pairs) the fused image has none: the luminance of the model's
     output in all three channels, not the faint tint a model trained on colour leaves; with one colour source the
     model's RGB is kept as it is."""
-    from mmaif_pl.fuse import gray_of, is_gray
+    from mmaif_pl.data.color import gray_of, is_gray
 
     a, b = photo_pair(64)
     gray_a = gray_of(a)

@@ -22,3 +22,14 @@ def luma(img: np.ndarray, weights_dtype=np.float32) -> np.ndarray:
     w = np.array(BT601, weights_dtype).astype(dtype)
     img = img.astype(dtype, copy=False)
     return (img[..., 0] * w[0] + img[..., 1] * w[1]) + img[..., 2] * w[2]
+
+
+def is_gray(img: np.ndarray) -> bool:
+    """True when the three channels of an H x W x 3 image are equal (a replicated gray image), up to 1e-5: OpenCV's
+    vectorised float paths may differ per channel in the last bit; 8- and 16-bit files differ by 1.5e-5 at least."""
+    return bool(np.abs(img[..., 0] - img[..., 1]).max() < 1e-5 and np.abs(img[..., 0] - img[..., 2]).max() < 1e-5)
+
+
+def gray_of(img: np.ndarray) -> np.ndarray:
+    """The luma of an H x W x 3 image in all three channels."""
+    return np.repeat(luma(img)[..., None], 3, axis=2)
