@@ -63,6 +63,14 @@ def _plain(x: Any) -> Any:
     return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
 
 
+def check_dataset_root(root: str) -> Path:
+    """`root` as a Path; a UserError naming it if it does not exist (with how to build the embedded default)."""
+    if not Path(root).exists():
+        hint = " (build the embedded default with `mmaif data build --out data`)" if root == "data" else ""
+        raise UserError(f"dataset folder {root} does not exist{hint}")
+    return Path(root)
+
+
 def build_groups(data_cfg: Any, split: str = "train") -> list[PairGroup]:
     """Discover the configured datasets (default: the embedded one under `data.root`) and weight them:
     P(task) follows `data.task_weights`, P(dataset | task) the entries' `weight`, pairs are uniform."""
@@ -76,10 +84,7 @@ def build_groups(data_cfg: Any, split: str = "train") -> list[PairGroup]:
     groups: dict[tuple[str, str], PairGroup] = {}
     entry_weight: dict[tuple[str, str], float] = {}
     for e in entries:
-        root = Path(e["root"])
-        if not root.exists():
-            hint = " (build the embedded default with `mmaif data build --out data`)" if e["root"] == "data" else ""
-            raise UserError(f"dataset folder {root} does not exist{hint}")
+        root = check_dataset_root(e["root"])
         if float(e.get("weight", 1.0)) < 0:
             raise ConfigError(f"data.datasets: weight of {root} is {e['weight']}; weights must be >= 0")
         entry_split = e.get("split", split) if split == "train" else split

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import UserError
 from . import teacher
-from .datamodule import _plain, model_multiple
+from .datamodule import _plain, check_dataset_root, model_multiple
 from .degrade import SEVERITIES
 from .io import write_image
 from .policy import MIXED, TASK_OPERATORS, TASKS, DegradePolicy, apply_records, draw_names
@@ -171,9 +171,7 @@ def split_sources(cfg: Any, root: Optional[str | Path] = None, task: Optional[st
     else:
         entries = configured
     for e in entries:
-        if not Path(e["root"]).exists():
-            hint = " (build the embedded default with `mmaif data build --out data`)" if e["root"] == "data" else ""
-            raise UserError(f"dataset folder {e['root']} does not exist{hint}")
+        check_dataset_root(e["root"])
     return entries
 
 
