@@ -12,7 +12,7 @@
 #   bash benchmarks/gpu_prepare.sh                 # here, once: missing wheels + MiniLM tokenizer -> .gpu_assets/
 #   device run: command "bash benchmarks/gpu_check.sh", carry [".gpu_assets"], timeout_s 600
 #   a subset: "ONLY='tests graphs throughput' DEADLINE=200 bash benchmarks/gpu_check.sh"
-#   (steps, in order: tests graphs sparse bf16dit taesd unfused profile compile throughput trainc data fsdp traincg eager big
+#   (steps, in order: tests graphs sparse bf16dit taesd unfused profile compile throughput text trainc data fsdp traincg eager big
 #   codec kl)
 # Results in $OUT (or the folder given as $1; default gpu_check/): log.txt, latency_graphs.json, throughput.json,
 # latency.json, latency_4096.json, codec_psnr.json, latency_compiled.json (7 files, all small; the device tool
@@ -68,11 +68,11 @@ EOF
 fi
 B=(--device cuda --preset B)
 G=(--cuda-graphs --channels-last --bf16-weights --fused-blocks) U1=("${G[@]:0:3}") U2=("${G[@]:0:2}") L=() LE=(--warmup 3 --repeats 10)
-T=(--batch 128 --warmup 3 --steps 10 --codec-bf16 --channels-last) CS=600 NW=12 ACC=gpu KL="[128,256,512,512]" KLL=2
+T=(--batch 128 --warmup 3 --steps 10 --codec-bf16 --channels-last) CS=600 NW=12 DEV=cuda BUSY=14 ACC=gpu KL="[128,256,512,512]" KLL=2
 S4=4096 S1=1024
 if [[ ${SMOKE:-0} == 1 ]]; then  # a CPU dry run of the plumbing (minutes): tiny model, tiny sizes, few steps
   B=(--device cpu --preset tiny) G=(--fused-blocks) U1=() U2=() L=(--size 128 --repeats 1 --warmup 0) LE=() T=(--batch 2 --crop 128 --steps 1 --warmup 0 --channels-last)
-  CS=2 NW=0 ACC=cpu KL="[16,16,16,16]" KLL=1 S4=512 S1=128
+  CS=2 NW=0 DEV=cpu BUSY=1 ACC=cpu KL="[16,16,16,16]" KLL=1 S4=512 S1=128
 fi
 
 # -- tests: CUDA graphs and the rewrite give eager's fused images, tiles are blended on the GPU, the bf16 codec ------
@@ -127,6 +127,10 @@ step compile 240 $PY benchmarks/latency.py "${B[@]}" "${L[@]}" --codec-bf16 --co
 #    (the float32 encode is timed beside it), then `mmaif train` itself (Lightning's loop) -----------------------
 step throughput 180 $PY benchmarks/train_throughput.py "${B[@]}" --workers 14 "${T[@]}" --profile 25 \
   --json "$OUT/throughput.json" "${TEXT[@]}"
+
+# -- the text encoder's host time for one batch of new prompts, by part, cores idle or busy (the loader's workers),
+#    intra-op threads at their default or 1, the step's stream idle or queued; a CPU profile of the worst; log only
+step text 60 $PY benchmarks/text_encoder.py --device $DEV --busy $BUSY --repeats 3 "${TEXT[@]}"
 
 # -- the same with the DiT's blocks compiled (regional torch.compile, forward and backward): inductor's own count
 #    puts the compiled step at 35% fewer bytes per image (docs/speed.md), so it runs right after the eager one ------

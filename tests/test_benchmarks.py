@@ -355,3 +355,26 @@ def test_discovery_times_every_layout_and_checks_the_pairs_found(tmp_path):
     res = json.loads((tmp_path / "d.json").read_text())
     assert res["pairs"] == 30 and set(res["seconds"]) == {"flat", "scenes", "ir_vi", "generic"}
     assert all(s > 0 for s in res["seconds"].values()) and "30 pairs" in out
+
+
+def test_text_encoder_times_the_parts_of_a_real_call():
+    """The parts add up to the whole call, which went through the encoder's own code (the prompts are cached
+    after it) and left the encoder as it was; the script prints every condition and the profile."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from text_encoder import parts_of_one_call
+
+    from mmaif_pl.models.text import TextEncoder
+
+    te = TextEncoder()
+    prompts = ["Remove the haze from the visible image.", "Fuse.", "Remove the haze from the visible image."]
+    parts = parts_of_one_call(te, prompts, torch.device("cpu"))
+    assert list(parts) == ["tokenize", "encoder", "cache_fill", "assemble_and_copy", "all"]
+    assert all(v >= 0 for v in parts.values()) and parts["encoder"] > 0
+    assert sum(v for k, v in parts.items() if k != "all") == pytest.approx(parts["all"])
+    assert set(te._cache) == set(prompts)
+    assert "_run_encoder" not in vars(te) and "_encode_new" not in vars(te) and callable(te.tokenizer.encode)
+    out = run("text_encoder.py", "--batch", "8", "--repeats", "1", "--busy", "1", "--profile", "5")
+    for cond in ("cores idle", "cores busy"):
+        threads = re.findall(rf"{cond}, (\d+) threads: host ms tokenize", out)
+        assert len(threads) == 2 and threads[1] == "1", out  # the default number of threads, then one
+    assert "CPU profile of one call" in out

@@ -60,8 +60,10 @@ SCRIPT = textwrap.dedent("""
                                                        "strategy": type(trainer.strategy).__name__,
                                                        "node_rank": trainer.node_rank,
                                                        "local_rank": trainer.local_rank,
-                                                       "environment":
-                                                           type(trainer.strategy.cluster_environment).__name__,
+                                                       # a single device's strategy has no cluster environment
+                                                       "environment": type(getattr(trainer.strategy,
+                                                                                   "cluster_environment",
+                                                                                   None)).__name__,
                                                        "cast_weights": hasattr(module, "_matmul_casts"),
                                                        "left_group": not torch.distributed.is_initialized(),
                                                        "numel": sum(p.numel() for p in module.dit.parameters()),

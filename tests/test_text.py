@@ -131,3 +131,34 @@ def test_any_local_t5_encoder_folder(tmp_path):
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="config.json"):
         TextEncoder(str(tmp_path / "nope"))
+
+
+def test_real_tokens_cuts_each_row_as_boolean_indexing_does():
+    """The cache's per-prompt cut (a slice per row where a tokenizer padded one side) gives what hidden[i][mask[i]]
+    gives, right- or left-padded, for an empty row, and (by that indexing) for a mask with holes; every entry owns
+    its memory."""
+    from mmaif_pl.models.text import real_tokens
+
+    hidden = torch.randn(4, 6, 5)
+    right = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]])
+    left = right.flip(1)
+    holes = torch.tensor([[1, 0, 1, 0, 0, 0]] + right[1:].tolist())
+    for mask in (right, left, holes):
+        cut = real_tokens(hidden, mask)
+        assert len(cut) == 4
+        for row, states, m in zip(hidden, cut, mask.bool()):
+            assert torch.equal(states, row[m]) and states._base is None
+    assert [c.shape[0] for c in real_tokens(hidden, left)] == [3, 6, 0, 1]
+
+
+def test_a_left_padding_tokenizers_entries_are_its_real_tokens(monkeypatch):
+    """With a tokenizer that pads on the left, each cache entry is the batch's row at its real tokens (the run at
+    the right end), as boolean indexing cuts it."""
+    prompts = ["Remove the heavy rain streaks from the visible image, please.", "Fuse it."]
+    enc = TextEncoder()
+    monkeypatch.setattr(enc.tokenizer, "padding_side", "left")
+    hidden, mask = enc._run_encoder(prompts)
+    assert not mask[1, 0] and mask[1, -1]  # padded on the left indeed
+    enc(prompts)
+    for p, row, m in zip(prompts, hidden, mask.bool()):
+        torch.testing.assert_close(enc._cache[p], row[m])
