@@ -147,8 +147,9 @@ def real_tokens(hidden: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
     """Each row of hidden (B x L x D) at its real tokens (mask B x L), each in its own memory (a cache entry must
     not keep its batch alive). A tokenizer pads one side, so a row's real tokens are one run: a slice and its
     copy, below PyTorch's intra-op grain for a MiniLM row, so on the calling thread. Boolean indexing, row by
-    row, took 7.4 ms a row on an H200 machine's host with the loader's 14 workers busy on its 16 cores (its
-    intra-op threads waiting for cores): 840 of the 905 host ms of a B training step (benchmarks/text_encoder.py).
+    row, took 7.4 ms a row on an H200 machine's host with 14 processes busy on its 16 cores, as the loader's
+    workers are (its intra-op threads waiting for cores): 888 ms for 128 new prompts (benchmarks/text_encoder.py),
+    and `embed_text` 638 of a B training step's 905 host ms.
     A mask with holes (no tokenizer makes one) is indexed as before."""
     mask = mask.bool()
     lengths, starts = mask.sum(1), mask.int().argmax(1)  # argmax: the first real token (0 for an empty row)
