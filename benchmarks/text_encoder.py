@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from mmaif_pl import config  # noqa: E402
 from mmaif_pl.models.text import TextEncoder  # noqa: E402
 from prompt_cache import draw_prompts  # noqa: E402
+from train_throughput import timed  # noqa: E402
 
 
 def spin() -> None:  # a busy core, as a loader worker decoding and degrading images is
@@ -56,29 +57,20 @@ def parts_of_one_call(te: TextEncoder, prompts: list[str], device: torch.device)
     """Host ms of te(prompts), for prompts it has not met, and of its parts, timed through instance attributes
     over the tokenizer and the methods (removed after): tokenize; the encoder with its copies in and out; the
     cache fill (each prompt's real tokens cut from the batch); the padded batch assembled and sent to the device."""
-    store: dict[str, float] = {}
-
-    def timed(name, fn):
-        def call(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                store[name] = (time.perf_counter() - start) * 1e3
-        return call
-
+    store: dict[str, list[float]] = {}
     tokenizer = te.tokenizer
-    te.tokenizer = timed("tokenize", tokenizer)
-    te._run_encoder = timed("run_encoder", te._run_encoder)
-    te._encode_new = timed("encode_new", te._encode_new)
+    te.tokenizer = timed(store, "tokenize", tokenizer)
+    te._run_encoder = timed(store, "run_encoder", te._run_encoder)
+    te._encode_new = timed(store, "encode_new", te._encode_new)
     try:
-        timed("all", te)(prompts, device=device)
+        timed(store, "all", te)(prompts, device=device)
     finally:
         te.tokenizer = tokenizer
         del te._run_encoder, te._encode_new
-    return {"tokenize": store["tokenize"], "encoder": store["run_encoder"] - store["tokenize"],
-            "cache_fill": store["encode_new"] - store["run_encoder"],
-            "assemble_and_copy": store["all"] - store["encode_new"], "all": store["all"]}
+    ms = {k: v[0] * 1e3 for k, v in store.items()}  # each called once
+    return {"tokenize": ms["tokenize"], "encoder": ms["run_encoder"] - ms["tokenize"],
+            "cache_fill": ms["encode_new"] - ms["run_encoder"],
+            "assemble_and_copy": ms["all"] - ms["encode_new"], "all": ms["all"]}
 
 
 def main(argv=None) -> int:
@@ -124,17 +116,18 @@ def main(argv=None) -> int:
                     label = f"cores {cores}, {threads} threads" + (", stream queued" if queued else "")
                     print(f"  {label}: host ms " + ", ".join(f"{k} {v:.1f}" for k, v in med.items()), flush=True)
                     if cores == "busy" and med["all"] > worst_ms:  # the slowest condition with busy cores
-                        worst, worst_ms = (cores, threads, queued), med["all"]
+                        worst, worst_ms = (threads, queued), med["all"]
             if args.profile and cores == "busy":
                 from torch.profiler import ProfilerActivity, profile
-                torch.set_num_threads(worst[1])
+                slow_threads, slow_queued = worst
+                torch.set_num_threads(slow_threads)
                 sync()
-                if worst[2]:
+                if slow_queued:
                     queue_work(device, args.queued_ms)
                 with profile(activities=[ProfilerActivity.CPU]) as prof:
                     parts_of_one_call(te, list(next(prompts)), device)
-                print(f"CPU profile of one call (cores busy, {worst[1]} threads"
-                      + (", stream queued" if worst[2] else "") + ")")
+                print(f"CPU profile of one call (cores busy, {slow_threads} threads"
+                      + (", stream queued" if slow_queued else "") + ")")
                 print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile), flush=True)
         finally:
             for s in spinners:

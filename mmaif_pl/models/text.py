@@ -129,7 +129,7 @@ class TextEncoder(nn.Module):
             self._cache.popitem(last=False)
         device = device or next(self.model.parameters()).device
         # padded on the host, in pinned memory where it goes to a GPU (no second copy to pin it); the mean over
-        # the real tokens is taken where the model runs: on a GPU, three fewer passes over the batch for the host
+        # the real tokens is taken on `device`: on a GPU, three fewer passes over the batch for the host
         length = max(s.shape[0] for s in seqs)
         pin = torch.device(device).type == "cuda"
         tokens = torch.zeros(len(seqs), length, self.dim, pin_memory=pin)
